@@ -1,0 +1,63 @@
+"""``skg``: the command line. ``skg serve`` runs a replica; ``skg bench`` runs the gateway benchmark."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from . import __version__, logs
+from .settings import Settings
+
+USAGE = f"""skg {__version__}: Serverless Kernel Gateway
+
+usage: skg serve [options]     run the service (skg serve --help lists the options)
+       skg bench [options]     run loadtests/bench_gateway.py (from a source checkout)
+       skg --version
+"""
+
+
+def serve(argv: Sequence[str]) -> int:
+    try:
+        settings = CliApp.run(Settings, cli_args=list(argv))
+    except ValidationError as exc:
+        print(f"skg serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    from .server import serve as run_server
+
+    run_server(settings)
+    return 0
+
+
+def bench(argv: Sequence[str]) -> int:
+    try:
+        bench_gateway = importlib.import_module("loadtests.bench_gateway")
+    except ImportError:
+        print("skg bench needs a source checkout (loadtests/ beside kernel_gateway/)", file=sys.stderr)
+        return 2
+    return int(bench_gateway.main(list(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(__version__)
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        return serve(rest)
+    if command == "bench":
+        return bench(rest)
+    print(f"skg: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""FastAPI dependencies: the one way a route reaches the settings, the sessions and the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
+
+from notebook_state.manager import SessionManager
+
+from .auth import is_authorized
+from .metrics import Metrics
+from .settings import Settings
+
+
+@dataclass
+class Gateway:
+    """What one replica holds for the lifetime of its app."""
+
+    settings: Settings
+    manager: SessionManager
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+
+
+def gateway(conn: HTTPConnection) -> Gateway:
+    gw: Gateway = conn.app.state.gateway
+    return gw
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+def settings(gw: GatewayDep) -> Settings:
+    return gw.settings
+
+
+def manager(gw: GatewayDep) -> SessionManager:
+    return gw.manager
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
+ManagerDep = Annotated[SessionManager, Depends(manager)]
+
+
+async def require_auth(request: Request, gw: GatewayDep) -> None:
+    if not is_authorized(request, gw.settings):
+        raise HTTPException(
+            401,
+            "a valid token is required: send 'Authorization: token <token>'",
+            headers={"WWW-Authenticate": "token"},
+        )
+
+
+Authorized = Depends(require_auth)

@@ -1,0 +1,67 @@
+"""Every error leaves the service as JSON: ``{"reason": <HTTP reason>, "message": <what is wrong>}``.
+
+``reason`` and ``message`` are the fields jupyter_server's GatewayClient reads from a gateway's error body.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from notebook_state import errors as state_errors
+
+from .responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[state_errors.StateError], int] = {
+    state_errors.SessionNotFound: 404,
+    state_errors.KernelSpecNotFound: 404,
+    state_errors.SessionExists: 409,
+    state_errors.InvalidSessionId: 400,
+    state_errors.Draining: 503,
+    state_errors.KernelStartFailed: 503,
+    state_errors.SessionClosed: 409,
+}
+
+
+def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
+    return {"reason": HTTPStatus(status).phrase, "message": message, **extra}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(status, message, **extra), status_code=status, headers=headers)
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(state_errors.StateError)
+    async def _state_error(request: Request, exc: state_errors.StateError) -> JSONResponse:
+        return error_response(_STATUS.get(type(exc), 400), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return error_response(422, _describe(details), detail=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")

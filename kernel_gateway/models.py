@@ -1,0 +1,76 @@
+"""Request and reply bodies of the REST face and the Jupyter API, as OpenAPI documents them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExecuteRequest(Strict):
+    code: str = Field(..., max_length=1_000_000, description="The cell's source.")
+    session: str | None = Field(
+        None, pattern=_ID_PATTERN, description="Session to run in; omitted: a new session is created."
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds before the cell is interrupted (default: the service's)."
+    )
+
+
+class ErrorInfo(BaseModel):
+    ename: str
+    evalue: str
+    traceback: list[str]
+
+
+class ExecuteReply(BaseModel):
+    session: str
+    status: Literal["ok", "error", "timeout"]
+    execution_count: int | None
+    outputs: list[dict[str, Any]] = Field(
+        description="nbformat v4 outputs: stream, display_data, execute_result, error"
+    )
+    error: ErrorInfo | None = None
+    truncated: bool = Field(False, description="Output beyond the service's cap was dropped.")
+    kernel_restarted: bool = Field(
+        False, description="The session's kernel was replaced (died or did not stop on timeout); state was lost."
+    )
+    notices: list[str] = Field(default_factory=list, description="Things the client should know about this reply.")
+
+
+class CreateSessionRequest(Strict):
+    id: str | None = Field(None, pattern=_ID_PATTERN, description="Client-chosen id; omitted: a UUID.")
+    kernel_name: str | None = Field(None, description="Kernelspec; omitted: the service's default.")
+
+
+class SessionInfo(BaseModel):
+    id: str
+    kernel_name: str
+    state: str
+    execution_state: str
+    execution_count: int
+    created: str
+    last_activity: str
+    connections: int
+    kernel_restarts: int
+    kernel_alive: bool
+
+
+class CreateKernelRequest(BaseModel):
+    # GatewayClient sends fields beyond these (e.g. "path"); they are accepted and ignored.
+    name: str | None = Field(None, description="Kernelspec name; omitted: the default.")
+    env: dict[str, str] | None = Field(None, description="KERNEL_* variables for the kernel's environment.")
+
+
+class KernelModel(BaseModel):
+    id: str
+    name: str
+    last_activity: str
+    execution_state: str
+    connections: int

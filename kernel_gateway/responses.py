@@ -1,0 +1,15 @@
+"""The service's JSON response: orjson-encoded, as the hot paths (execute replies, kernel models) want."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

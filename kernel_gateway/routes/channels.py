@@ -1,0 +1,173 @@
+"""The kernel WebSocket, ``/api/kernels/{id}/channels``: one connection of a frontend to a session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from notebook_state.session import Session
+from notebook_state.types import KernelMessage
+
+from ..auth import is_authorized
+from ..deps import Gateway
+from ..errors import error_body
+from ..metrics import Metrics
+from ..responses import JSONResponse
+from ..wsproto import (
+    V1_SUBPROTOCOL,
+    ProtocolError,
+    decode_json,
+    decode_legacy_binary,
+    decode_v1,
+    encode_json,
+    encode_v1,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["jupyter"])
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+
+
+class ConnectionState(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class ChannelConnection:
+    """Relays one WebSocket to its session; writes go through a bounded queue so a slow client stalls
+    only itself, and is dropped when it falls too far behind."""
+
+    def __init__(
+        self, ws: WebSocket, session: Session, v1: bool, queue_size: int, idle_timeout: float, metrics: Metrics
+    ) -> None:
+        self.ws = ws
+        self.session = session
+        self.v1 = v1
+        self.state = ConnectionState.OPEN
+        self.idle_timeout = idle_timeout
+        self.metrics = metrics
+        self.last_traffic = time.monotonic()
+        self._queue: asyncio.Queue[KernelMessage | None] = asyncio.Queue(queue_size)
+        self._close: tuple[int, str] = (CLOSE_NORMAL, "")
+
+    def deliver(self, msg: KernelMessage) -> None:
+        if self.state is not ConnectionState.OPEN:
+            return
+        try:
+            self._queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            log.warning("session %s: WebSocket client too slow, closing it", self.session.id)
+            self.close_soon(CLOSE_TRY_AGAIN, "client too slow")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.CLOSING
+            self._close = (code, reason)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+
+    async def run(self) -> None:
+        self.session.attach(self)
+        self.metrics.ws_connections.inc()
+        writer = asyncio.get_running_loop().create_task(self._write())
+        reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.state = ConnectionState.CLOSED
+            self.session.detach(self)
+            self.metrics.ws_connections.dec()
+            reader.cancel()
+            writer.cancel()
+            with contextlib.suppress(Exception):
+                await self.ws.close(*self._close)
+
+    async def _read(self) -> None:
+        ws = self.ws
+        while True:
+            try:
+                message = await ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            self.last_traffic = time.monotonic()
+            try:
+                data = message.get("bytes")
+                if data is not None:
+                    msg = decode_v1(data) if self.v1 else decode_legacy_binary(data)
+                else:
+                    msg = decode_json(message.get("text") or "")
+            except ProtocolError as exc:
+                log.warning("session %s: dropped a malformed WebSocket message: %s", self.session.id, exc)
+                continue
+            self.metrics.ws_messages.labels("in").inc()
+            await self.session.forward(self, msg)
+
+    async def _write(self) -> None:
+        ws = self.ws
+        counter = self.metrics.ws_messages.labels("out")
+        while True:
+            try:
+                if self.idle_timeout > 0:
+                    msg = await asyncio.wait_for(self._queue.get(), self._idle_left())
+                else:
+                    msg = await self._queue.get()
+            except TimeoutError:
+                if self._idle_left() <= 0:
+                    # An open WebSocket pins a Knative pod (knative/serving#10835); let idle tabs go.
+                    self._close = (CLOSE_GOING_AWAY, "idle")
+                    return
+                continue
+            if msg is None:
+                return
+            self.last_traffic = time.monotonic()
+            if self.v1:
+                await ws.send_bytes(encode_v1(msg))
+            else:
+                frame = encode_json(msg)
+                if isinstance(frame, str):
+                    await ws.send_text(frame)
+                else:
+                    await ws.send_bytes(frame)
+            counter.inc()
+
+    def _idle_left(self) -> float:
+        return self.idle_timeout - (time.monotonic() - self.last_traffic)
+
+
+@router.websocket("/api/kernels/{kernel_id}/channels")
+async def channels(websocket: WebSocket, kernel_id: str) -> None:
+    gw: Gateway = websocket.app.state.gateway
+    if not is_authorized(websocket, gw.settings):
+        await websocket.send_denial_response(
+            JSONResponse(error_body(401, "a valid token is required"), status_code=401)
+        )
+        return
+    session = gw.manager.sessions.get(kernel_id)
+    if session is None:
+        await websocket.send_denial_response(
+            JSONResponse(error_body(404, f"kernel {kernel_id!r} does not exist"), status_code=404)
+        )
+        return
+    if gw.draining:
+        await websocket.send_denial_response(
+            JSONResponse(error_body(503, "this replica is shutting down"), status_code=503)
+        )
+        return
+    v1 = V1_SUBPROTOCOL in websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=V1_SUBPROTOCOL if v1 else None)
+    settings = gw.settings
+    conn = ChannelConnection(websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics)
+    await conn.run()

@@ -1,0 +1,34 @@
+"""Liveness, readiness and metrics: what the platform asks of a replica."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from ..deps import Authorized, GatewayDep
+from ..responses import JSONResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="Ready for traffic: a warm kernel is waiting and the replica is not draining")
+async def readyz(gw: GatewayDep) -> JSONResponse:
+    pool = gw.manager.pool
+    checks = {
+        "draining": gw.draining,
+        "pool_ready": pool.ready_count,
+        "pool_size": pool.size,
+    }
+    ready = not gw.draining and (pool.size == 0 or pool.ready_count > 0)
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", dependencies=[Authorized])
+async def metrics(gw: GatewayDep) -> Response:
+    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,99 @@
+"""The service's one typed configuration object.
+
+Every option is a field here: it can be set by a CLI flag (``--pool-size 4``) or an environment variable with
+the ``SKG_`` prefix (``SKG_POOL_SIZE=4``). ``$PORT`` is honoured as Knative sets it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SKG_"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Configuration of one gateway replica."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_prog_name="skg serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="ignore",
+    )
+
+    host: str = Field("127.0.0.1", description="Address to bind. A non-loopback address requires a token.")
+    port: int = Field(
+        8888,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("port", "SKG_PORT", "PORT"),
+        description="Port to listen on (0 picks a free one). $PORT is honoured, as Knative sets it.",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="Auth token. Clients send 'Authorization: token <t>' or 'Bearer <t>'. "
+        "Required unless bound to loopback.",
+    )
+    kernel_name: str = Field("python3", description="Kernelspec used for new sessions and the warm pool.")
+    pool_size: int = Field(2, ge=0, le=256, description="Pre-started kernels kept warm for new sessions.")
+    kernel_startup_timeout: float = Field(60.0, gt=0, description="Seconds a kernel may take to become ready.")
+    execution_timeout: float = Field(300.0, gt=0, description="Default limit in seconds for one cell on the REST face.")
+    max_execution_timeout: float = Field(3600.0, gt=0, description="Largest timeout a REST request may ask for.")
+    interrupt_grace: float = Field(
+        5.0, gt=0, description="Seconds an interrupted cell may take to stop before its kernel is replaced."
+    )
+    output_limit: int = Field(
+        1_048_576, ge=1024, description="Bytes of output kept per REST execution; the rest is truncated."
+    )
+    max_body_size: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 beyond).")
+    session_idle_timeout: float = Field(
+        0.0, ge=0, description="Shut down sessions idle this long with no open WebSocket (0: never)."
+    )
+    ws_idle_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="Close a kernel WebSocket after this many seconds without traffic (0: never), "
+        "so that idle tabs let a Knative service scale to zero.",
+    )
+    ws_send_queue: int = Field(
+        10_000, ge=16, description="Messages buffered for one slow WebSocket client before it is dropped."
+    )
+    shutdown_grace: float = Field(30.0, ge=0, description="On SIGTERM, seconds that running cells get to finish.")
+    allowed_kernel_env_prefix: str = Field(
+        "KERNEL_", description="Only env vars with this prefix from POST /api/kernels reach the kernel."
+    )
+    data_dir: Path = Field(
+        Path(".skg"), description="Directory for connection files and, later, the local state store."
+    )
+    log_level: str = Field("info", description="Logging level.")
+    log_json: bool = Field(True, description="Structured JSON logs (one object per line).")
+
+    @model_validator(mode="after")
+    def _token_required_off_loopback(self) -> Settings:
+        if not is_loopback(self.host) and not self.token_value:
+            raise ValueError(
+                f"refusing to bind {self.host!r} without a token: set --token or {ENV_PREFIX}TOKEN, "
+                "or bind to 127.0.0.1"
+            )
+        if self.execution_timeout > self.max_execution_timeout:
+            raise ValueError("execution_timeout must not exceed max_execution_timeout")
+        return self
+
+    @property
+    def token_value(self) -> str:
+        return self.token.get_secret_value() if self.token else ""

@@ -1,0 +1,1 @@
+"""Sessions, kernels and (next) their portable state: what makes a gateway replica stateless."""

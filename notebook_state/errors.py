@@ -1,0 +1,44 @@
+"""Errors the session layer raises; the HTTP layer maps each to one status code."""
+
+from __future__ import annotations
+
+
+class StateError(Exception):
+    """Base of every error the session layer reports to a client."""
+
+
+class SessionNotFound(StateError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} does not exist")
+        self.session_id = session_id
+
+
+class SessionExists(StateError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} already exists")
+        self.session_id = session_id
+
+
+class InvalidSessionId(StateError):
+    pass
+
+
+class KernelSpecNotFound(StateError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no kernelspec named {name!r}")
+        self.name = name
+
+
+class KernelStartFailed(StateError):
+    pass
+
+
+class Draining(StateError):
+    def __init__(self) -> None:
+        super().__init__("this replica is shutting down and takes no new work")
+
+
+class SessionClosed(StateError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} was shut down")
+        self.session_id = session_id

@@ -1,0 +1,277 @@
+"""One kernel process and the single set of ZMQ channels through which the service talks to it.
+
+Every frontend of a session (REST calls, any number of WebSockets) shares these channels; the session routes
+replies by their parent's ``msg_id``. Sharing one set means the service sees every cell start and end, which is
+what lets it serialise REST calls and, later, checkpoint after each cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hmac
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import zmq
+import zmq.asyncio
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.session import DELIM
+
+from .errors import KernelStartFailed
+from .types import Channel, JSONDict, KernelListener, KernelMessage
+
+log = logging.getLogger(__name__)
+
+_LIVENESS_INTERVAL = 0.5
+
+
+class KernelState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEAD = "dead"
+    SHUT_DOWN = "shut_down"
+
+
+class KernelDied(Exception):
+    """The kernel process exited while a request to it was in flight."""
+
+
+class Kernel:
+    """An ipykernel process started by jupyter_client, and the service's channels to it."""
+
+    def __init__(self, km: AsyncKernelManager, name: str) -> None:
+        self.id = str(uuid.uuid4())
+        self.name = name
+        self.km = km
+        self.state = KernelState.STARTING
+        self.listener: KernelListener | None = None
+        self._session = km.session
+        self._sockets: dict[Channel, zmq.Socket[Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._calls: dict[str, asyncio.Future[KernelMessage]] = {}
+        self._iopub_seen = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, env: Mapping[str, str], timeout: float) -> None:
+        """Launch the process, connect the channels and wait until the kernel answers on shell and iopub."""
+        try:
+            await asyncio.wait_for(self.km.start_kernel(env=dict(env)), timeout)
+            identity = self._session.bsession
+            self._sockets = {
+                Channel.SHELL: self.km.connect_shell(identity=identity),
+                Channel.STDIN: self.km.connect_stdin(identity=identity),
+                Channel.CONTROL: self.km.connect_control(identity=identity),
+                Channel.IOPUB: self.km.connect_iopub(),
+            }
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._read(channel, sock)) for channel, sock in self._sockets.items()]
+            self._tasks.append(loop.create_task(self._watch_liveness()))
+            await asyncio.wait_for(self._wait_ready(), timeout)
+        except BaseException as exc:
+            await self.shutdown(now=True)
+            if isinstance(exc, (asyncio.TimeoutError, OSError, RuntimeError)):
+                raise KernelStartFailed(f"kernel {self.name!r} did not start: {exc!r}") from exc
+            raise
+        self.state = KernelState.READY
+
+    async def _wait_ready(self) -> None:
+        # An iopub SUB socket drops what is published before its subscription reaches the kernel, so keep
+        # nudging with kernel_info until a reply arrives on shell *and* something has arrived on iopub.
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await self.call(Channel.SHELL, "kernel_info_request", {}, timeout=1.0)
+                await asyncio.wait_for(self._iopub_seen.wait(), 0.2)
+                return
+
+    async def shutdown(self, now: bool = False) -> None:
+        """Stop the process and close the channels. Safe to call more than once."""
+        if self.state is KernelState.SHUT_DOWN:
+            return
+        self.state = KernelState.SHUT_DOWN
+        self.listener = None
+        for task in self._tasks:
+            task.cancel()
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._fail_calls(KernelDied("kernel shut down"))
+        with contextlib.suppress(Exception):
+            if self.km.has_kernel:
+                await self.km.shutdown_kernel(now=now)
+        with contextlib.suppress(Exception):
+            self.km.cleanup_resources()
+
+    async def interrupt(self) -> None:
+        if self.state is KernelState.READY:
+            await self.km.interrupt_kernel()
+
+    @property
+    def pid(self) -> int | None:
+        provisioner = self.km.provisioner
+        process = getattr(provisioner, "process", None)
+        return getattr(process, "pid", None)
+
+    # -- sending -----------------------------------------------------------------------------------------
+
+    def send(self, msg: KernelMessage) -> None:
+        """Forward a frontend's message, keeping its header, so that replies name the frontend's msg_id."""
+        sock = self._sockets.get(msg.channel)
+        if sock is None or (self.state is not KernelState.READY and self.state is not KernelState.STARTING):
+            raise KernelDied(f"kernel {self.id} is {self.state.value}")
+        self._session.send(
+            sock,
+            {
+                "header": msg.header,
+                "parent_header": msg.parent_header,
+                "metadata": msg.metadata,
+                "content": msg.content,
+            },
+            buffers=msg.buffers or None,
+        )
+
+    def new_message(self, channel: Channel, msg_type: str, content: JSONDict) -> KernelMessage:
+        """A message originated by the service, signed with this kernel's session."""
+        m = self._session.msg(msg_type, content=content)
+        header = dict(m["header"])
+        header["date"] = header["date"].isoformat() if hasattr(header["date"], "isoformat") else header["date"]
+        return KernelMessage(channel, header, {}, {}, content)
+
+    async def call(self, channel: Channel, msg_type: str, content: JSONDict, timeout: float) -> KernelMessage:
+        """Send a request of the service's own and wait for its reply (not seen by any frontend)."""
+        msg = self.new_message(channel, msg_type, content)
+        fut: asyncio.Future[KernelMessage] = asyncio.get_running_loop().create_future()
+        self._calls[msg.msg_id] = fut
+        try:
+            self.send(msg)
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(msg.msg_id, None)
+
+    # -- receiving ---------------------------------------------------------------------------------------
+
+    async def _read(self, channel: Channel, sock: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                frames: list[bytes] = await cast(zmq.asyncio.Socket, sock).recv_multipart()
+            except (asyncio.CancelledError, zmq.ContextTerminated):
+                return
+            except zmq.ZMQError as exc:
+                log.warning("kernel %s: %s channel closed: %s", self.id, channel.value, exc)
+                return
+            msg = self._decode(channel, frames)
+            if msg is None:
+                continue
+            if channel is Channel.IOPUB:
+                self._iopub_seen.set()
+            fut = self._calls.get(msg.parent_id)
+            if fut is not None and channel is not Channel.IOPUB:
+                if not fut.done():
+                    fut.set_result(msg)
+                continue
+            listener = self.listener
+            if listener is not None:
+                try:
+                    listener.on_kernel_message(msg)
+                except Exception:
+                    log.exception("kernel %s: listener failed on %s", self.id, msg.msg_type)
+
+    def _decode(self, channel: Channel, frames: list[bytes]) -> KernelMessage | None:
+        try:
+            idx = frames.index(DELIM)
+        except ValueError:
+            log.warning("kernel %s: message without delimiter on %s", self.id, channel.value)
+            return None
+        parts = frames[idx + 1 :]
+        if len(parts) < 5:
+            return None
+        if self._session.auth is not None:
+            expected = self._session.sign(parts[1:5])
+            if not hmac.compare_digest(expected, parts[0]):
+                log.warning("kernel %s: bad signature on %s", self.id, channel.value)
+                return None
+        raw = parts[1:5]
+        try:
+            header, parent, metadata, content = (orjson.loads(p) for p in raw)
+        except orjson.JSONDecodeError:
+            log.warning("kernel %s: undecodable message on %s", self.id, channel.value)
+            return None
+        return KernelMessage(channel, header, parent, metadata, content, list(parts[5:]), raw)
+
+    async def _watch_liveness(self) -> None:
+        while True:
+            await asyncio.sleep(_LIVENESS_INTERVAL)
+            if self.state is KernelState.SHUT_DOWN:
+                return
+            try:
+                alive = await self.km.is_alive()
+            except Exception:
+                alive = False
+            if not alive:
+                self.state = KernelState.DEAD
+                self._fail_calls(KernelDied(f"kernel {self.id} exited"))
+                listener = self.listener
+                if listener is not None:
+                    listener.on_kernel_died(self.id)
+                return
+
+    def _fail_calls(self, exc: Exception) -> None:
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._calls.clear()
+
+
+_SECRET_MARKERS = ("REDIS", "TOKEN", "SECRET", "PASSWORD", "SIGNING", "CREDENTIAL")
+
+
+def kernel_environment(base: Mapping[str, str], env_prefix: str) -> dict[str, str]:
+    """The environment a kernel process starts with: the service's own, less its settings and secrets.
+
+    User code runs in the kernel, so nothing that configures the service (``SKG_*``) or grants access to its
+    store or clients may reach it.
+    """
+    return {
+        k: v
+        for k, v in base.items()
+        if not k.startswith(env_prefix) and not any(marker in k.upper() for marker in _SECRET_MARKERS)
+    }
+
+
+async def start_kernel(
+    name: str,
+    context: zmq.asyncio.Context,
+    runtime_dir: Path,
+    env_prefix: str,
+    timeout: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> Kernel:
+    """Start a kernel of kernelspec ``name`` with a sanitised environment and wait until it is ready."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    km = AsyncKernelManager(
+        kernel_name=name,
+        context=context,
+        connection_file=str(runtime_dir / f"kernel-{uuid.uuid4()}.json"),
+    )
+    # The process dies with the service's process group only if we ask; jupyter_client restarts are ours.
+    km.autorestart = False
+    kernel = Kernel(km, name)
+    env = kernel_environment(os.environ, env_prefix)
+    if extra_env:
+        env.update(extra_env)
+    await kernel.start(env, timeout)
+    return kernel
+
+
+def json_default(obj: Any) -> Any:
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    if isinstance(obj, (bytes, memoryview)):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

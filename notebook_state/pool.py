@@ -1,0 +1,104 @@
+"""The warm pool: kernels started ahead of need, so that a new session does not wait for a kernel to boot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+
+from .errors import KernelStartFailed
+from .kernel import Kernel, KernelState
+
+log = logging.getLogger(__name__)
+
+KernelStarter = Callable[[str, Mapping[str, str] | None], Awaitable[Kernel]]
+"""Starts a ready kernel of the named kernelspec with extra environment variables."""
+
+_RETRY_DELAY = 2.0
+
+
+class KernelPool:
+    """Keeps ``size`` ready kernels of one kernelspec; refills in the background as they are taken."""
+
+    def __init__(self, starter: KernelStarter, kernel_name: str, size: int) -> None:
+        self._start = starter
+        self.kernel_name = kernel_name
+        self.size = size
+        self._ready: deque[Kernel] = deque()
+        self._wakeup = asyncio.Event()
+        self._available = asyncio.Condition()
+        self._filler: asyncio.Task[None] | None = None
+        self.starts = 0
+        self.failures = 0
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def start(self) -> None:
+        if self._filler is None and self.size > 0:
+            self._filler = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        # One kernel at a time: on a small machine, booting several at once slows each of them and the
+        # cells already running.
+        while True:
+            while len(self._ready) < self.size:
+                try:
+                    kernel = await self._start(self.kernel_name, None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.failures += 1
+                    log.error("pool: kernel %r failed to start: %s", self.kernel_name, exc)
+                    await asyncio.sleep(_RETRY_DELAY)
+                    continue
+                self.starts += 1
+                self._ready.append(kernel)
+                async with self._available:
+                    self._available.notify()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def acquire(self, kernel_name: str, env: Mapping[str, str] | None = None) -> Kernel:
+        """A ready kernel: from the pool when it serves ``kernel_name``, else started now."""
+        if kernel_name == self.kernel_name and self.size > 0:
+            kernel = self._take()
+            if kernel is not None:
+                return kernel
+        try:
+            return await self._start(kernel_name, env)
+        except KernelStartFailed:
+            raise
+        except Exception as exc:
+            raise KernelStartFailed(f"kernel {kernel_name!r} did not start: {exc}") from exc
+
+    def _take(self) -> Kernel | None:
+        while self._ready:
+            kernel = self._ready.popleft()
+            self._wakeup.set()
+            if kernel.state is KernelState.READY:
+                return kernel
+            asyncio.get_running_loop().create_task(kernel.shutdown(now=True))
+        return None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the pool holds a kernel (or the timeout passes); True if it does."""
+        if self.size == 0:
+            return True
+        async with self._available:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._available.wait_for(lambda: bool(self._ready)), timeout)
+        return bool(self._ready)
+
+    async def close(self) -> None:
+        if self._filler is not None:
+            self._filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filler
+            self._filler = None
+        kernels = list(self._ready)
+        self._ready.clear()
+        await asyncio.gather(*(k.shutdown(now=True) for k in kernels), return_exceptions=True)
