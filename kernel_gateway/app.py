@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = SessionManager(settings, settings.data_dir.resolve() / "runtime", ENV_PREFIX)
+        manager = SessionManager(settings, ENV_PREFIX)
         gw = Gateway(settings=settings, manager=manager)
         gw.metrics.bind(lambda: len(manager.sessions), lambda: manager.pool.ready_count)
         app.state.gateway = gw

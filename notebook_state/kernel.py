@@ -253,11 +253,16 @@ async def start_kernel(
     extra_env: Mapping[str, str] | None = None,
 ) -> Kernel:
     """Start a kernel of kernelspec ``name`` with a sanitised environment and wait until it is ready."""
-    runtime_dir.mkdir(parents=True, exist_ok=True)
+    runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stem = str(runtime_dir / uuid.uuid4().hex[:12])
+    # IPC (Unix sockets in a private directory): local kernels need no TCP ports, no other user can
+    # connect, and a round trip is cheaper than over loopback TCP.
     km = AsyncKernelManager(
         kernel_name=name,
         context=context,
-        connection_file=str(runtime_dir / f"kernel-{uuid.uuid4()}.json"),
+        transport="ipc",
+        ip=stem,
+        connection_file=f"{stem}.json",
     )
     # The process dies with the service's process group only if we ask; jupyter_client restarts are ours.
     km.autorestart = False

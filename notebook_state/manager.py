@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -45,11 +47,12 @@ def validate_session_id(session_id: str) -> str:
 class SessionManager:
     """Every session this replica serves, and the warm pool their kernels come from."""
 
-    def __init__(self, settings: ManagerSettings, runtime_dir: Path, env_prefix: str) -> None:
+    def __init__(self, settings: ManagerSettings, env_prefix: str, runtime_dir: Path | None = None) -> None:
         self.settings = settings
         self.kernel_specs = KernelSpecManager()
         self._context = zmq.asyncio.Context()
-        self._runtime_dir = runtime_dir
+        # Unix socket paths are limited to ~107 bytes, so kernels' sockets live in a short private directory.
+        self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-"))
         self._env_prefix = env_prefix
         self.pool = KernelPool(self._start_kernel, settings.kernel_name, settings.pool_size)
         self.sessions: dict[str, Session] = {}
@@ -193,4 +196,5 @@ class SessionManager:
         self.sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         await self.pool.close()
-        self._context.term()
+        self._context.destroy(linger=0)
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)

@@ -39,6 +39,9 @@ def to_output(msg: KernelMessage) -> JSONDict | None:
 
 
 def output_size(output: JSONDict) -> int:
+    """Bytes an output counts against the cap: a stream's text, or the JSON of anything else."""
+    if output["output_type"] == "stream":
+        return len(str(output["text"]).encode())
     return len(orjson.dumps(output))
 
 
@@ -118,7 +121,8 @@ class OutputCollector:
         self.truncated = True
         room = max(self.limit - self.size, 0)
         if output["output_type"] == "stream" and room > 0:
-            self.outputs.append({**output, "text": output["text"][:room]})
+            kept = str(output["text"]).encode()[:room].decode(errors="ignore")
+            self.outputs.append({**output, "text": kept})
         marker = TRUNCATION_MARKER.format(limit=self.limit)
         self.outputs.append({"output_type": "stream", "name": "stderr", "text": marker})
         self.size = self.limit
