@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from typing import Any
 
@@ -31,20 +32,44 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, told of SIGTERM first so the replica stops taking work and reports not-ready
-    before uvicorn stops accepting connections and waits for in-flight requests."""
+    """uvicorn's server, with a drain before it stops.
+
+    On the first SIGTERM the replica keeps listening but takes no new work: new cells and sessions get a
+    503 saying it is shutting down, ``/readyz`` fails, and running cells get up to the grace period to
+    finish. Only then does uvicorn stop. A second signal stops at once.
+    """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self.app = app
+        self._drain: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         gw: Gateway | None = getattr(self.app.state, "gateway", None)
-        if gw is not None:
-            gw.draining = True
-            gw.manager.draining = True
+        if gw is None or self._loop is None or self._drain is not None:
+            super().handle_exit(sig, frame)
+            return
         log.info("signal %s: draining", sig)
+        gw.draining = True
+        gw.manager.draining = True
+        loop = self._loop
+        loop.call_soon_threadsafe(self._start_drain, gw, sig, frame)
+
+    def _start_drain(self, gw: Gateway, sig: int, frame: Any) -> None:
+        self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(gw, sig, frame))
+
+    async def _drain_then_exit(self, gw: Gateway, sig: int, frame: Any) -> None:
+        await gw.manager.wait_idle(gw.settings.shutdown_grace)
+        log.info("drained: stopping")
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals on exit; a completed drain is a clean exit (status 0).
+            self._captured_signals.remove(sig)
 
 
 def serve(settings: Settings) -> None:

@@ -182,6 +182,7 @@ class SessionManager:
 
     async def wait_idle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for running cells to finish (SIGTERM drain)."""
+
         async def drained() -> None:
             await asyncio.gather(*(s.wait_idle() for s in list(self.sessions.values())))
 

@@ -49,9 +49,7 @@ def test_error_output_and_reply(client: httpx.Client) -> None:
 
 
 def test_image_display_data(client: httpx.Client) -> None:
-    code = (
-        "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
-    )
+    code = "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
     body = client.post("/execute", json={"code": code}).json()
     assert body["status"] == "ok", body
     images = [o for o in body["outputs"] if o["output_type"] == "display_data" and "image/png" in o["data"]]

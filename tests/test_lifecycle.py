@@ -1,0 +1,109 @@
+"""Process lifecycle: SIGTERM drains, the pool refills, idle sessions and WebSockets are let go."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.jupyter_ws import run_cell
+from tests.service import running_service, start_service
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes; its parent (the service) has exited.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_lets_running_cell_finish_then_exits_cleanly(tmp_path: Path) -> None:
+    service = start_service(tmp_path, ["--pool-size", "2", "--shutdown-grace", "20"])
+    try:
+        with service.client() as c:
+            sid = c.post("/execute", json={"code": "import os; os.getpid()"}).json()
+            kernel_pid = int(sid["outputs"][0]["data"]["text/plain"])
+            box: dict[str, httpx.Response] = {}
+
+            def slow() -> None:
+                code = "import time\ntime.sleep(2)\n'finished'"
+                box["r"] = c.post("/execute", json={"code": code, "session": sid["session"]})
+
+            worker = threading.Thread(target=slow)
+            worker.start()
+            time.sleep(0.7)
+            service.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            # Draining: still listening, but not ready, and no new work.
+            assert httpx.get(service.url + "/readyz").status_code == 503
+            for path, body in (("/execute", {"code": "1"}), ("/sessions", {}), ("/api/kernels", {})):
+                refused = httpx.post(service.url + path, json=body)
+                assert refused.status_code == 503
+                assert "shutting down" in refused.json()["message"]
+            worker.join(30)
+        assert box["r"].status_code == 200
+        assert box["r"].json()["outputs"][0]["data"] == {"text/plain": "'finished'"}
+        assert service.proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while _alive(kernel_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(kernel_pid)
+    finally:
+        service.stop(signal.SIGKILL)
+
+
+def test_pool_refills_after_a_session_takes_a_kernel(tmp_path: Path) -> None:
+    with running_service(tmp_path, ["--pool-size", "1"]) as service, service.client() as c:
+        assert c.get("/readyz").json()["pool_ready"] == 1
+        c.post("/sessions")
+        deadline = time.monotonic() + 60
+        ready = 0
+        while time.monotonic() < deadline:
+            ready = c.get("/readyz").json()["pool_ready"]
+            if ready == 1:
+                break
+            time.sleep(0.2)
+        assert ready == 1
+
+
+def test_idle_session_is_shut_down(tmp_path: Path) -> None:
+    args = ["--pool-size", "1", "--session-idle-timeout", "1.5"]
+    with running_service(tmp_path, args) as service, service.client() as c:
+        sid = c.post("/sessions").json()["id"]
+        assert c.get(f"/sessions/{sid}").status_code == 200
+        deadline = time.monotonic() + 20
+        while c.get(f"/sessions/{sid}").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert c.get(f"/sessions/{sid}").status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_idle_websocket_is_closed(tmp_path: Path) -> None:
+    args = ["--pool-size", "1", "--ws-idle-timeout", "1.5"]
+    with running_service(tmp_path, args) as service:
+        kid = httpx.post(service.url + "/api/kernels").json()["id"]
+        async with connect(f"{service.ws_url}/api/kernels/{kid}/channels") as ws:
+            await run_cell(ws, "1")
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed) as info:
+                for _ in range(100):
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == 1001
+            assert time.monotonic() - started >= 1.0
+        # The session outlives its WebSocket: a reconnecting client finds it.
+        assert httpx.get(f"{service.url}/api/kernels/{kid}").status_code == 200
