@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,7 +108,5 @@ def running_service(tmp_path: Path, args: Sequence[str] = (), **kw: object) -> I
     finally:
         service.stop()
         # Kernels live in the service's process group; make sure none outlive a failed test.
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(service.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
