@@ -166,10 +166,10 @@ async def test_two_connections_each_get_their_replies(service: Service, kernel_i
         for _ in range(20):
             msg = await recv_json(two, 30)
             assert msg["channel"] != "shell" or msg["parent_header"]["msg_id"] != request["header"]["msg_id"]
-            if msg["parent_header"].get("msg_id") == request["header"]["msg_id"] and msg["msg_type"] == "status":
-                if msg["content"]["execution_state"] == "idle":
-                    got_iopub_on_two = True
-                    break
+            ours = msg["parent_header"].get("msg_id") == request["header"]["msg_id"]
+            if ours and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                got_iopub_on_two = True
+                break
         assert got_iopub_on_two
     assert httpx.get(f"{service.url}/api/kernels/{kernel_id}", headers=service.headers).json()["connections"] == 0
 
