@@ -34,7 +34,12 @@ def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
     return {"reason": HTTPStatus(status).phrase, "message": message, **extra}
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def error_response(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is not None:
+        gateway.metrics.errors.labels(str(status)).inc()
     return JSONResponse(error_body(status, message, **extra), status_code=status, headers=headers)
 
 
@@ -49,19 +54,19 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(state_errors.StateError)
     async def _state_error(request: Request, exc: state_errors.StateError) -> JSONResponse:
-        return error_response(_STATUS.get(type(exc), 400), str(exc))
+        return error_response(request, _STATUS.get(type(exc), 400), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return error_response(422, _describe(details), detail=details)
+        return error_response(request, 422, _describe(details), detail=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(request, exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        return error_response(request, 500, f"internal error: {type(exc).__name__}")

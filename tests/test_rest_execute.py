@@ -183,7 +183,9 @@ def test_streaming_unknown_session_is_404_before_stream(client: httpx.Client) ->
 
 def test_metrics_count_executions(client: httpx.Client) -> None:
     client.post("/execute", json={"code": "1"})
+    client.get("/sessions/not-there")
     text = client.get("/metrics").text
+    assert 'skg_http_errors_total{status="404"}' in text
     assert 'skg_executions_total{status="ok"}' in text
     assert "skg_execution_seconds_bucket" in text
     assert "skg_pool_ready_kernels" in text
