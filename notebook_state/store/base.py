@@ -1,0 +1,111 @@
+"""What every state store offers: session records, leases with fencing epochs, and signed checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; operations that need it answer 503, owned sessions keep running."""
+
+
+class StaleEpoch(Exception):
+    """A write carried an epoch older than the session's: this replica no longer owns the session."""
+
+
+@dataclass(slots=True)
+class Lease:
+    owner: str
+    url: str
+    epoch: int
+    expires_at: float  # wall clock, seconds
+
+    def held_by_other(self, replica_id: str, now: float) -> bool:
+        return self.owner != replica_id and self.expires_at > now
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    id: str
+    kernel_name: str
+    created: float
+    last_activity: float = 0.0
+    execution_count: int = 0
+    lease: Lease | None = None
+    checkpoint_bytes: int = 0
+    checkpoint_at: float | None = None
+    variables: list[str] = field(default_factory=list)
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "kernel_name": self.kernel_name,
+            "created": repr(self.created),
+            "last_activity": repr(self.last_activity),
+            "execution_count": str(self.execution_count),
+            "checkpoint_bytes": str(self.checkpoint_bytes),
+            "checkpoint_at": repr(self.checkpoint_at) if self.checkpoint_at is not None else "",
+            "variables": json.dumps(self.variables),
+        }
+
+    @classmethod
+    def from_fields(cls, session_id: str, fields: dict[str, str], lease: Lease | None) -> SessionRecord:
+        return cls(
+            id=session_id,
+            kernel_name=fields.get("kernel_name", ""),
+            created=float(fields.get("created") or 0),
+            last_activity=float(fields.get("last_activity") or 0),
+            execution_count=int(fields.get("execution_count") or 0),
+            lease=lease,
+            checkpoint_bytes=int(fields.get("checkpoint_bytes") or 0),
+            checkpoint_at=float(fields["checkpoint_at"]) if fields.get("checkpoint_at") else None,
+            variables=json.loads(fields.get("variables") or "[]"),
+        )
+
+
+@dataclass(slots=True)
+class Commit:
+    """One checkpoint to write: the signed manifest, the new blobs, and the blobs it no longer needs."""
+
+    manifest: bytes
+    manifest_sig: str
+    blobs: dict[str, bytes]
+    keep: list[str]
+    drop: list[str]
+    record: SessionRecord
+
+
+class StateStore(Protocol):
+    async def ping(self) -> None: ...
+
+    async def create(self, record: SessionRecord) -> bool:
+        """Add a session; False if the id is taken."""
+
+    async def get(self, session_id: str) -> SessionRecord | None: ...
+
+    async def list_sessions(self) -> list[SessionRecord]: ...
+
+    async def delete(self, session_id: str) -> None:
+        """Remove every key of the session."""
+
+    async def acquire(self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None) -> int | None:
+        """Take the session's lease with a new, higher epoch; None if another replica holds it.
+
+        ``steal``: take it even from a live holder, if the current epoch is still this one (the holder was
+        proven gone); the compare makes two replicas that both saw it gone race safely.
+        """
+
+    async def renew(self, session_id: str, owner: str, url: str, epoch: int, ttl: float) -> bool:
+        """Extend a lease this replica holds; False if it was lost (a higher epoch exists)."""
+
+    async def release(self, session_id: str, owner: str, epoch: int) -> None: ...
+
+    async def commit(self, session_id: str, epoch: int, commit: Commit, ttl: float) -> None:
+        """Atomically replace the manifest if ``epoch`` is current (else StaleEpoch); drop unneeded blobs."""
+
+    async def load_manifest(self, session_id: str) -> tuple[bytes, str] | None: ...
+
+    async def load_blobs(self, session_id: str, keys: list[str]) -> dict[str, bytes]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,139 @@
+"""Both state stores against the same contract; the Redis one against a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from notebook_state.store import Commit, LocalStore, RedisStore, SessionRecord, StaleEpoch, StateStore
+from tests.redis_server import RedisServer, redis_server
+
+
+@pytest.fixture(scope="module")
+def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as srv:
+        yield srv
+
+
+@pytest.fixture(params=["redis", "local"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    s: StateStore
+    if request.param == "redis":
+        srv: RedisServer = request.getfixturevalue("redis_srv")
+        s = RedisStore(srv.url, session_ttl=600)
+    else:
+        s = LocalStore(tmp_path / "local", session_ttl=600)
+    yield s
+    await s.close()
+
+
+def record(session_id: str) -> SessionRecord:
+    return SessionRecord(id=session_id, kernel_name="python3", created=time.time())
+
+
+def commit_of(rec: SessionRecord, blobs: dict[str, bytes], keep: list[str], drop: list[str]) -> Commit:
+    return Commit(manifest=b'{"m": 1}', manifest_sig="sig", blobs=blobs, keep=keep, drop=drop, record=rec)
+
+
+def sid(name: str) -> str:
+    return f"{name}-{os.urandom(4).hex()}"
+
+
+async def test_create_get_list_delete(store: StateStore) -> None:
+    s = sid("crud")
+    assert await store.create(record(s)) is True
+    assert await store.create(record(s)) is False
+    got = await store.get(s)
+    assert got is not None
+    assert got.kernel_name == "python3"
+    assert s in [r.id for r in await store.list_sessions()]
+    await store.delete(s)
+    assert await store.get(s) is None
+    assert s not in [r.id for r in await store.list_sessions()]
+
+
+async def test_lease_epochs_increase_and_fence(store: StateStore) -> None:
+    s = sid("lease")
+    await store.create(record(s))
+    e1 = await store.acquire(s, "A", "http://a", ttl=30)
+    assert e1 == 1
+    assert await store.renew(s, "A", "http://a", e1, ttl=30) is True
+    got = await store.get(s)
+    assert got is not None and got.lease is not None
+    assert (got.lease.owner, got.lease.url, got.lease.epoch) == ("A", "http://a", 1)
+    if isinstance(store, RedisStore):
+        # A live holder keeps the session from others, unless they prove it gone with the current epoch.
+        assert await store.acquire(s, "B", "http://b", ttl=30) is None
+        assert await store.acquire(s, "B", "http://b", ttl=30, steal=0) is None
+    e2 = await store.acquire(s, "B", "http://b", ttl=30, steal=e1)
+    assert e2 is not None and e2 > e1
+    # A's lease is gone: it can neither renew nor commit.
+    assert await store.renew(s, "A", "http://a", e1, ttl=30) is False
+    rec = record(s)
+    with pytest.raises(StaleEpoch):
+        await store.commit(s, e1, commit_of(rec, {}, [], []), ttl=600)
+    await store.commit(s, e2, commit_of(rec, {}, [], []), ttl=600)
+    await store.release(s, "B", e2)
+    got = await store.get(s)
+    assert got is not None and got.lease is None
+    e3 = await store.acquire(s, "C", "http://c", ttl=30)
+    assert e3 is not None and e3 > e2
+
+
+async def test_expired_lease_is_free(store: StateStore) -> None:
+    s = sid("expiry")
+    await store.create(record(s))
+    await store.acquire(s, "A", "http://a", ttl=0.2)
+    time.sleep(0.4)
+    assert await store.acquire(s, "B", "http://b", ttl=30) is not None
+
+
+async def test_commit_blobs_roundtrip_chunked_and_dropped(store: StateStore) -> None:
+    s = sid("blobs")
+    rec = record(s)
+    await store.create(rec)
+    epoch = await store.acquire(s, "A", "http://a", ttl=30)
+    assert epoch is not None
+    big = os.urandom(20 * 1024 * 1024 + 123)  # larger than a chunk
+    await store.commit(s, epoch, commit_of(rec, {"g1:h1": big, "g2:h2": b"small"}, [], []), ttl=600)
+    loaded = await store.load_blobs(s, ["g1:h1", "g2:h2", "missing"])
+    assert loaded == {"g1:h1": big, "g2:h2": b"small"}
+    assert await store.load_manifest(s) == (b'{"m": 1}', "sig")
+    await store.commit(s, epoch, commit_of(rec, {"g2:h3": b"new"}, ["g1:h1"], ["g2:h2"]), ttl=600)
+    assert await store.load_blobs(s, ["g1:h1", "g2:h2", "g2:h3"]) == {"g1:h1": big, "g2:h3": b"new"}
+
+
+async def test_redis_keys_share_the_hash_tag_expire_and_are_deleted(redis_srv: RedisServer) -> None:
+    store = RedisStore(redis_srv.url, session_ttl=120)
+    s = sid("tags")
+    rec = record(s)
+    await store.create(rec)
+    epoch = await store.acquire(s, "A", "http://a", ttl=30)
+    assert epoch is not None
+    await store.commit(s, epoch, commit_of(rec, {"g:h": b"x" * 100}, [], []), ttl=120)
+    client = redis_srv.client()
+    keys = [k.decode() for k in client.keys(f"*{s}*")]
+    assert len(keys) >= 5
+    for key in keys:
+        assert f"{{{s}}}" in key
+        assert 0 < client.pttl(key) <= 120_000
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    await store.delete(s)
+    assert client.keys(f"*{s}*") == []
+    await store.close()
+
+
+async def test_local_store_is_single_process(tmp_path: Path) -> None:
+    from notebook_state.store import StoreUnavailable
+
+    first = LocalStore(tmp_path / "db", 60)
+    with pytest.raises(StoreUnavailable, match="in use"):
+        LocalStore(tmp_path / "db", 60)
+    await first.close()
+    second = LocalStore(tmp_path / "db", 60)
+    await second.close()
