@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, error handling, and the lifespan that owns the session manager."""
+"""The FastAPI application: routes, error handling, and the lifespan that owns the store and the sessions."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from notebook_state.manager import SessionManager
+from notebook_state.signing import Signer, load_or_create_key
+from notebook_state.store import LocalStore, RedisStore, StateStore
 
 from . import __version__, errors
 from .deps import Gateway
@@ -19,15 +22,43 @@ from .settings import ENV_PREFIX, Settings
 log = logging.getLogger(__name__)
 
 
+def open_store(settings: Settings) -> tuple[StateStore, Signer]:
+    """Redis when configured (replicas share sessions), else the embedded store in the data directory."""
+    data_dir = settings.data_dir.resolve()
+    store: StateStore
+    if settings.redis_url is not None:
+        store = RedisStore(settings.redis_url.get_secret_value(), settings.session_ttl)
+    else:
+        store = LocalStore(data_dir / "store", settings.session_ttl)
+    key = settings.signing_key_bytes or load_or_create_key(data_dir / "signing.key")
+    return store, Signer(key)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = SessionManager(settings, ENV_PREFIX)
-        gw = Gateway(settings=settings, manager=manager)
-        gw.metrics.bind(lambda: len(manager.sessions), lambda: manager.pool.ready_count)
+        store, signer = open_store(settings)
+
+        def url() -> str:
+            return settings.advertise_url or str(
+                getattr(app.state, "listen_url", f"http://{settings.host}:{settings.port}")
+            )
+
+        manager = SessionManager(settings, ENV_PREFIX, store, signer, url)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout, connect=2.0))
+        gw = Gateway(settings=settings, manager=manager, http=http)
+        gw.metrics.bind(
+            lambda: len(manager.sessions),
+            lambda: manager.pool.ready_count,
+            lambda: sum(1 for s in manager.sessions.values() if s.persistence is not None),
+        )
         app.state.gateway = gw
         await manager.start()
-        log.info("gateway ready to serve", extra={"pool_size": settings.pool_size, "kernel": settings.kernel_name})
+        log.info(
+            "gateway ready to serve",
+            extra={"pool_size": settings.pool_size, "kernel": settings.kernel_name, "replica": manager.replica_id,
+                   "store": type(store).__name__},
+        )  # fmt: skip
         try:
             yield
         finally:
@@ -35,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
             manager.draining = True
             await manager.wait_idle(settings.shutdown_grace)
             await manager.close()
+            await http.aclose()
+            await store.close()
             log.info("gateway stopped")
 
     app = FastAPI(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
@@ -21,6 +22,7 @@ class Gateway:
 
     settings: Settings
     manager: SessionManager
+    http: httpx.AsyncClient
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
 

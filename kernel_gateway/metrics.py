@@ -32,10 +32,26 @@ class Metrics:
         self.kernel_restarts = Counter(
             "skg_kernel_restarts", "Kernels replaced in a session", ["reason"], registry=self.registry
         )
+        self.forwards = Counter(
+            "skg_forwards", "Requests forwarded to the replica that owns the session", registry=self.registry
+        )
+        self.restores = Counter("skg_restores", "Sessions restored onto this replica", registry=self.registry)
+        self.checkpoint_bytes = Histogram(
+            "skg_checkpoint_written_bytes",
+            "Bytes a checkpoint wrote",
+            buckets=(1e3, 1e4, 6.4e4, 1e5, 1e6, 1e7, 1e8, 1e9),
+            registry=self.registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "skg_checkpoint_seconds", "Time to capture and commit a checkpoint", buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.leases = Gauge("skg_leases_held", "Session leases this replica holds", registry=self.registry)
         self.sessions = Gauge("skg_sessions", "Sessions on this replica", registry=self.registry)
         self.pool_ready = Gauge("skg_pool_ready_kernels", "Warm kernels ready in the pool", registry=self.registry)
 
-    def bind(self, sessions: Callable[[], float], pool_ready: Callable[[], float]) -> None:
+    def bind(self, sessions: Callable[[], float], pool_ready: Callable[[], float], leases: Callable[[], float]) -> None:
         """Read gauges from the live objects when scraped, rather than keeping counts in step by hand."""
         self.sessions.set_function(sessions)
         self.pool_ready.set_function(pool_ready)
+        self.leases.set_function(leases)

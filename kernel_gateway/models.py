@@ -42,6 +42,12 @@ class ExecuteReply(BaseModel):
         False, description="The session's kernel was replaced (died or did not stop on timeout); state was lost."
     )
     notices: list[str] = Field(default_factory=list, description="Things the client should know about this reply.")
+    checkpoint: dict[str, Any] | None = Field(
+        None, description="The cell's checkpoint: status committed|pending|failed, bytes written, lost variables."
+    )
+    restored: dict[str, Any] | None = Field(
+        None, description="Set when the session was restored before this cell: execution count, lost variables."
+    )
 
 
 class CreateSessionRequest(Strict):
@@ -49,17 +55,37 @@ class CreateSessionRequest(Strict):
     kernel_name: str | None = Field(None, description="Kernelspec; omitted: the service's default.")
 
 
+class Owner(BaseModel):
+    replica: str
+    url: str
+    epoch: int
+    expires_in: float
+
+
+class CheckpointInfo(BaseModel):
+    bytes: int = 0
+    at: str | None = None
+    age_seconds: float | None = None
+    variables: list[str] = Field(default_factory=list)
+    execution_count: int = 0
+    status: str | None = Field(None, description="committed, pending (store unreachable) or failed")
+    epoch: int | None = None
+
+
 class SessionInfo(BaseModel):
     id: str
     kernel_name: str
-    state: str
+    state: str = Field(description="active (live here), live elsewhere, stored (evicted: restored on next use)")
     execution_state: str
     execution_count: int
     created: str
     last_activity: str
     connections: int
-    kernel_restarts: int
-    kernel_alive: bool
+    kernel_restarts: int = 0
+    kernel_alive: bool = False
+    owner: Owner | None = None
+    checkpoint: CheckpointInfo | None = None
+    restored: dict[str, Any] | None = Field(None, description="The restore report, if restored on this replica.")
 
 
 class CreateKernelRequest(BaseModel):

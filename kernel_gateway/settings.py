@@ -61,8 +61,36 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Bytes of output kept per REST execution; the rest is truncated."
     )
     max_body_size: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 beyond).")
-    session_idle_timeout: float = Field(
-        0.0, ge=0, description="Shut down sessions idle this long with no open WebSocket (0: never)."
+    evict_idle_after: float = Field(
+        1800.0,
+        ge=0,
+        description="Evict a session's kernel to the store after this many idle seconds with no open WebSocket; "
+        "its next use restores it (0: never).",
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("redis_url", "SKG_REDIS_URL", "REDIS_URL"),
+        description="Redis for session state shared by replicas (redis://[:password@]host:port/db). "
+        "Unset: the embedded store under --data-dir (one process).",
+    )
+    signing_key: SecretStr | None = Field(
+        None,
+        description="Key (hex or text, 16+ bytes) that signs checkpoints; every replica sharing a Redis needs "
+        "the same one. Unset with the embedded store: one is generated in the data dir.",
+    )
+    checkpoint: bool = Field(True, description="Checkpoint every session after each cell.")
+    checkpoint_timeout: float = Field(120.0, gt=0, description="Seconds a checkpoint or restore may take.")
+    lease_ttl: float = Field(15.0, gt=0, description="Seconds a replica's lease on a session lasts unrenewed.")
+    session_ttl: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds an untouched session is kept in the store before it expires."
+    )
+    advertise_url: str | None = Field(
+        None,
+        description="URL other replicas use to reach this one (e.g. http://$(POD_IP):8080). "
+        "Default: http://<host>:<port> as bound.",
+    )
+    forward_timeout: float = Field(
+        3600.0, gt=0, description="Seconds a request forwarded to a session's owner replica may take."
     )
     ws_idle_timeout: float = Field(
         0.0,
@@ -90,9 +118,23 @@ class Settings(BaseSettings):
                 f"refusing to bind {self.host!r} without a token: set --token or {ENV_PREFIX}TOKEN, "
                 "or bind to 127.0.0.1"
             )
+        if self.redis_url is not None and self.signing_key is None:
+            raise ValueError(
+                f"with Redis, every replica must share a checkpoint signing key: set {ENV_PREFIX}SIGNING_KEY"
+            )
         if self.execution_timeout > self.max_execution_timeout:
             raise ValueError("execution_timeout must not exceed max_execution_timeout")
         return self
+
+    @property
+    def signing_key_bytes(self) -> bytes | None:
+        if self.signing_key is None:
+            return None
+        raw = self.signing_key.get_secret_value()
+        try:
+            return bytes.fromhex(raw)
+        except ValueError:
+            return raw.encode()
 
     @property
     def token_value(self) -> str:

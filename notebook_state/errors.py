@@ -42,3 +42,34 @@ class SessionClosed(StateError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session {session_id!r} was shut down")
         self.session_id = session_id
+
+
+class LeaseLost(StateError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session {session_id!r} is now owned by another replica; this cell's effects were not committed"
+        )
+        self.session_id = session_id
+
+
+class OwnedElsewhere(StateError):
+    """The session is live on another replica: the request is forwarded there."""
+
+    def __init__(self, session_id: str, owner: str, url: str, epoch: int) -> None:
+        super().__init__(f"session {session_id!r} is served by replica {owner} at {url}")
+        self.session_id = session_id
+        self.owner = owner
+        self.url = url
+        self.epoch = epoch
+
+
+class StoreDown(StateError):
+    pass
+
+
+class CheckpointRejected(StateError):
+    pass
+
+
+class Misdirected(StateError):
+    """A forwarded request reached a replica that does not own the session either."""

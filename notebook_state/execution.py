@@ -29,6 +29,8 @@ class ExecutionResult:
     truncated: bool = False
     kernel_restarted: bool = False
     notices: list[str] = field(default_factory=list)
+    checkpoint: JSONDict | None = None
+    restored: JSONDict | None = None
 
     def to_json(self) -> JSONDict:
         return {
@@ -40,6 +42,8 @@ class ExecutionResult:
             "truncated": self.truncated,
             "kernel_restarted": self.kernel_restarted,
             "notices": self.notices,
+            "checkpoint": self.checkpoint,
+            "restored": self.restored,
         }
 
 

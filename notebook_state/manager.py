@@ -1,7 +1,8 @@
-"""The session registry of one replica: creates sessions on warm kernels, finds, culls and ends them.
+"""The sessions of one replica: created on warm kernels, leased in the store, restored anywhere.
 
-The registry is in-process for now; the state store (checkpoints, leases) plugs in here, behind the same
-methods, so that the HTTP layer does not change when sessions become portable between replicas.
+A session lives in the store (record, lease, checkpoints); this replica holds a live kernel only for the
+sessions whose lease it holds. Asking for any other session either names its live owner (the HTTP layer
+forwards there) or takes it over: a new lease with a higher epoch, a kernel from the pool, a restore.
 """
 
 from __future__ import annotations
@@ -14,23 +15,38 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .errors import Draining, InvalidSessionId, KernelSpecNotFound, SessionExists, SessionNotFound
+from .checkpoint import INSTALL_CODE, Checkpointer, run_in_kernel
+from .errors import (
+    CheckpointRejected,
+    Draining,
+    InvalidSessionId,
+    KernelSpecNotFound,
+    LeaseLost,
+    OwnedElsewhere,
+    SessionExists,
+    SessionNotFound,
+    StoreDown,
+)
 from .execution import ExecutionResult, OutputCallback
 from .kernel import Kernel, start_kernel
+from .persistence import Persistence
 from .pool import KernelPool
 from .session import Session
-from .types import Channel, ManagerSettings
+from .signing import Signer, VerificationError
+from .store import SessionRecord, StateStore, StoreUnavailable
+from .types import ManagerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_CULL_INTERVAL_MAX = 30.0
 _ENV_CALL_TIMEOUT = 10.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -45,35 +61,59 @@ def validate_session_id(session_id: str) -> str:
 
 
 class SessionManager:
-    """Every session this replica serves, and the warm pool their kernels come from."""
+    """Every session this replica serves, the warm pool their kernels come from, and their leases."""
 
-    def __init__(self, settings: ManagerSettings, env_prefix: str, runtime_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: ManagerSettings,
+        env_prefix: str,
+        store: StateStore,
+        signer: Signer,
+        url: Callable[[], str],
+        runtime_dir: Path | None = None,
+    ) -> None:
         self.settings = settings
+        self.store = store
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._url = url
         self.kernel_specs = KernelSpecManager()
         self._context = zmq.asyncio.Context()
         # Unix socket paths are limited to ~107 bytes, so kernels' sockets live in a short private directory.
         self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-"))
         self._env_prefix = env_prefix
+        self.checkpointer = Checkpointer(
+            store, signer, self._runtime_dir, settings.checkpoint_timeout, settings.session_ttl
+        )
         self.pool = KernelPool(self._start_kernel, settings.kernel_name, settings.pool_size)
         self.sessions: dict[str, Session] = {}
         self.draining = False
-        self._culler: asyncio.Task[None] | None = None
+        self.restores = 0
+        self._takeovers: dict[str, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def url(self) -> str:
+        return self._url()
 
     async def start(self) -> None:
         self.check_kernel_name(self.settings.kernel_name)
         self.pool.start()
-        if self.settings.session_idle_timeout > 0:
-            self._culler = asyncio.get_running_loop().create_task(self._cull_idle())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._keep_leases()))
+        if self.settings.evict_idle_after > 0:
+            self._tasks.append(loop.create_task(self._evict_idle()))
 
     async def _start_kernel(self, name: str, env: Mapping[str, str] | None) -> Kernel:
-        return await start_kernel(
-            name,
-            self._context,
-            self._runtime_dir,
-            self._env_prefix,
-            self.settings.kernel_startup_timeout,
-            env,
+        kernel = await start_kernel(
+            name, self._context, self._runtime_dir, self._env_prefix, self.settings.kernel_startup_timeout, env
         )
+        if self.settings.checkpoint and name == self.settings.kernel_name:
+            try:
+                await run_in_kernel(kernel, INSTALL_CODE, self.settings.kernel_startup_timeout)
+            except Exception:
+                await kernel.shutdown(now=True)
+                raise
+        return kernel
 
     # -- kernelspecs -------------------------------------------------------------------------------------
 
@@ -84,7 +124,7 @@ class SessionManager:
             raise KernelSpecNotFound(name) from exc
         return name
 
-    # -- sessions ----------------------------------------------------------------------------------------
+    # -- creating and finding sessions ------------------------------------------------------------------
 
     async def create(
         self,
@@ -95,27 +135,121 @@ class SessionManager:
         if self.draining:
             raise Draining()
         sid = validate_session_id(session_id) if session_id else str(uuid.uuid4())
-        if sid in self.sessions:
-            raise SessionExists(sid)
         name = self.check_kernel_name(kernel_name or self.settings.kernel_name)
-        kernel_env = self._kernel_env(env or {})
+        record = SessionRecord(id=sid, kernel_name=name, created=time.time(), last_activity=time.time())
+        if not await self._store(self.store.create(record)):
+            raise SessionExists(sid)
+        epoch = await self._store(self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl))
+        if epoch is None:
+            raise SessionExists(sid)
+        try:
+            session = await self._open(record, epoch, self._kernel_env(env or {}))
+        except BaseException:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.delete(sid)
+            raise
+        log.info("session %s created on kernel %s (%s)", sid, session.kernel.id, name)
+        return session
+
+    async def _open(self, record: SessionRecord, epoch: int, env: Mapping[str, str]) -> Session:
+        name = record.kernel_name
 
         async def acquire() -> Kernel:
-            kernel = await self.pool.acquire(name, kernel_env)
-            await self._apply_env(kernel, kernel_env)
+            kernel = await self.pool.acquire(name, env)
+            await self._apply_env(kernel, env)
             return kernel
 
         kernel = await acquire()
-        if sid in self.sessions:  # another request took the id while the kernel started
-            await kernel.shutdown(now=True)
-            raise SessionExists(sid)
         if self.draining:
             await kernel.shutdown(now=True)
             raise Draining()
-        session = Session(sid, kernel, acquire)
-        self.sessions[sid] = session
-        log.info("session %s created on kernel %s (%s)", sid, kernel.id, name)
+        persistence = (
+            Persistence(self.checkpointer, record, epoch)
+            if self.settings.checkpoint and name == self.settings.kernel_name
+            else None
+        )
+        session = Session(record.id, kernel, acquire, persistence)
+        session.created = record.created
+        self.sessions[record.id] = session
         return session
+
+    async def resolve(self, session_id: str, may_forward: bool = True) -> Session:
+        """The live session, here: restored onto this replica if no live replica owns it.
+
+        Raises OwnedElsewhere (with the owner's address) when another replica's lease is live and the
+        request may be forwarded there.
+        """
+        local = self.sessions.get(session_id)
+        if local is not None:
+            return local
+        if self.draining:
+            raise Draining()
+        lock = self._takeovers.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            local = self.sessions.get(session_id)
+            if local is not None:
+                return local
+            record = await self._store(self.store.get(session_id))
+            if record is None:
+                raise SessionNotFound(session_id)
+            lease = record.lease
+            if lease is not None and lease.held_by_other(self.replica_id, time.time()):
+                raise OwnedElsewhere(session_id, lease.owner, lease.url, lease.epoch)
+            return await self._take_over(record, steal=None)
+
+    async def take_over(self, session_id: str, epoch: int) -> Session:
+        """Take a session whose owner is provably gone (it refused a connection), if its epoch is unchanged."""
+        lock = self._takeovers.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            local = self.sessions.get(session_id)
+            if local is not None:
+                return local
+            record = await self._store(self.store.get(session_id))
+            if record is None:
+                raise SessionNotFound(session_id)
+            return await self._take_over(record, steal=epoch)
+
+    async def _take_over(self, record: SessionRecord, steal: int | None) -> Session:
+        sid = record.id
+        epoch = await self._store(
+            self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl, steal=steal)
+        )
+        if epoch is None:
+            fresh = await self._store(self.store.get(sid))
+            if fresh is None:
+                raise SessionNotFound(sid)
+            lease = fresh.lease
+            if lease is None:
+                raise StoreDown(f"session {sid!r}: could not take its lease")
+            raise OwnedElsewhere(sid, lease.owner, lease.url, lease.epoch)
+        session = await self._open(record, epoch, {})
+        if session.persistence is not None:
+            try:
+                report = await self.checkpointer.restore(sid, session.kernel, session.persistence.state)
+            except VerificationError as exc:
+                await self._drop(session, release=True)
+                raise CheckpointRejected(f"{exc}; refusing to load it") from exc
+            except StoreUnavailable as exc:
+                await self._drop(session, release=False)
+                raise StoreDown(f"state store unreachable: {exc}") from exc
+            except Exception:
+                await self._drop(session, release=True)
+                raise
+            if report is not None:
+                self.restores += 1
+                session.set_restored(report)
+                log.info(
+                    "session %s restored at execution count %d (%d restored, %d lost) in %.3f s",
+                    sid, report.execution_count, len(report.restored), len(report.lost), report.seconds,
+                )  # fmt: skip
+        return session
+
+    @staticmethod
+    async def _store(op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except StoreUnavailable as exc:
+            raise StoreDown(f"the state store is unreachable: {exc}") from exc
 
     def _kernel_env(self, env: Mapping[str, str]) -> dict[str, str]:
         prefix = self.settings.allowed_kernel_env_prefix
@@ -127,61 +261,113 @@ class SessionManager:
         if not env or kernel.name != self.pool.kernel_name:
             return
         code = f"__import__('os').environ.update({dict(env)!r})"
-        await kernel.call(
-            Channel.SHELL,
-            "execute_request",
-            {"code": code, "silent": True, "store_history": False, "user_expressions": {}, "allow_stdin": False},
-            timeout=_ENV_CALL_TIMEOUT,
-        )
+        await run_in_kernel(kernel, code, _ENV_CALL_TIMEOUT)
 
     def get(self, session_id: str) -> Session:
+        """A session live on this replica (no store lookup)."""
         session = self.sessions.get(session_id)
         if session is None:
             raise SessionNotFound(session_id)
         return session
 
-    def list(self) -> list[Session]:
-        return list(self.sessions.values())
-
-    async def delete(self, session_id: str) -> None:
-        session = self.sessions.pop(session_id, None)
-        if session is None:
+    async def record(self, session_id: str) -> SessionRecord:
+        record = await self._store(self.store.get(session_id))
+        if record is None:
             raise SessionNotFound(session_id)
-        await session.close()
-        log.info("session %s deleted", session_id)
+        return record
+
+    async def records(self) -> list[SessionRecord]:
+        return await self._store(self.store.list_sessions())
+
+    # -- using sessions ----------------------------------------------------------------------------------
 
     async def execute(
-        self,
-        session_id: str,
-        code: str,
-        timeout: float,
-        on_output: OutputCallback | None = None,
+        self, session: Session, code: str, timeout: float, on_output: OutputCallback | None = None
     ) -> ExecutionResult:
         if self.draining:
             raise Draining()
-        session = self.get(session_id)
-        return await session.execute(
-            code, timeout, self.settings.output_limit, self.settings.interrupt_grace, on_output
-        )
+        try:
+            return await session.execute(
+                code, timeout, self.settings.output_limit, self.settings.interrupt_grace, on_output
+            )
+        except LeaseLost:
+            await self._drop(session, release=False)
+            raise
+
+    async def checkpoint_now(self, session: Session) -> dict[str, object]:
+        """Force a checkpoint of a live session (after any running cell)."""
+        if session.persistence is None:
+            return {"status": "disabled"}
+        async with session.lock:
+            await session.cells.drained()
+            outcome = await session.persistence.after_cell(session.kernel)
+        return outcome.to_json()
+
+    async def delete(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        record = await self._store(self.store.get(session_id)) if session is None else None
+        if session is None and record is None:
+            raise SessionNotFound(session_id)
+        if session is not None:
+            await session.close()
+        await self._store(self.store.delete(session_id))
+        log.info("session %s deleted", session_id)
+
+    async def _drop(self, session: Session, release: bool, dead: bool = False) -> None:
+        """Stop serving a session here (its state stays in the store)."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+        if release and session.persistence is not None and not session.persistence.lost:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(session.id, self.replica_id, session.persistence.epoch)
+        await session.close(dead=dead)
+
+    async def evict(self, session: Session) -> bool:
+        """Free an idle session's kernel; its committed checkpoint is restored on next use."""
+        if session.persistence is None or session.busy or session.connections:
+            return False
+        if not await session.persistence.flush():
+            return False
+        await self._drop(session, release=True)
+        log.info("session %s evicted to the store", session.id)
+        return True
 
     # -- housekeeping ------------------------------------------------------------------------------------
 
-    async def _cull_idle(self) -> None:
-        timeout = self.settings.session_idle_timeout
-        interval = min(max(timeout / 4, 0.5), _CULL_INTERVAL_MAX)
+    async def _keep_leases(self) -> None:
+        interval = max(self.settings.lease_ttl / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            for session in list(self.sessions.values()):
+                persistence = session.persistence
+                if persistence is None:
+                    continue
+                try:
+                    ok = await self.store.renew(
+                        session.id, self.replica_id, self.url, persistence.epoch, self.settings.lease_ttl
+                    )
+                    if ok and persistence.pending:
+                        ok = await persistence.flush() or not persistence.lost
+                except StoreUnavailable:
+                    continue  # keep serving what we own; commits stay pending until the store is back
+                if not ok:
+                    log.warning("session %s: lease lost to another replica; dropping it here", session.id)
+                    persistence.lost = True
+                    await self._drop(session, release=False)
+
+    async def _evict_idle(self) -> None:
+        after = self.settings.evict_idle_after
+        interval = min(max(after / 4, 0.5), 30.0)
         while True:
             await asyncio.sleep(interval)
             now = time.time()
             for session in list(self.sessions.values()):
-                if session.connections or session.busy:
-                    continue
-                if now - session.last_activity >= timeout:
-                    log.info("session %s idle for %.0f s: shutting it down", session.id, now - session.last_activity)
-                    with contextlib.suppress(SessionNotFound):
-                        await self.delete(session.id)
+                if now - session.last_activity >= after:
+                    with contextlib.suppress(Exception):
+                        await self.evict(session)
 
     async def wait_idle(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for running cells to finish (SIGTERM drain)."""
+        """Wait up to ``grace`` seconds for running cells (and their checkpoints) to finish (SIGTERM drain)."""
 
         async def drained() -> None:
             await asyncio.gather(*(s.wait_idle() for s in list(self.sessions.values())))
@@ -190,12 +376,16 @@ class SessionManager:
             await asyncio.wait_for(drained(), grace)
 
     async def close(self) -> None:
+        """Stop: commit what is pending, release every lease, shut every kernel down. State stays stored."""
         self.draining = True
-        if self._culler is not None:
-            self._culler.cancel()
+        for task in self._tasks:
+            task.cancel()
         sessions = list(self.sessions.values())
-        self.sessions.clear()
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        for session in sessions:
+            if session.persistence is not None:
+                with contextlib.suppress(Exception):
+                    await session.persistence.flush()
+        await asyncio.gather(*(self._drop(s, release=True) for s in sessions), return_exceptions=True)
         await self.pool.close()
         self._context.destroy(linger=0)
         shutil.rmtree(self._runtime_dir, ignore_errors=True)

@@ -10,18 +10,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .cells import CellQueue
+from .checkpoint import CheckpointOutcome, RestoreReport
+from .errors import LeaseLost
 from .execution import CellRun, ExecutionResult, ExecutionStatus, OutputCallback
 from .kernel import Kernel, KernelDied, KernelState
+from .persistence import Persistence
 from .types import Channel, JSONDict, KernelMessage, Subscriber
 
 log = logging.getLogger(__name__)
 
 KernelSource = Callable[[], Awaitable[Kernel]]
 
-KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel and its state was lost"
-TIMEOUT_RESTART_NOTICE = (
-    "the cell did not stop after an interrupt; its kernel was replaced and the session's state was lost"
-)
+KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
+TIMEOUT_RESTART_NOTICE = "the cell did not stop after an interrupt, so its kernel was replaced"
+STATE_LOST_NOTICE = "the session's variables were lost (no checkpoint to restore)"
 
 
 class SessionState(enum.Enum):
@@ -31,22 +34,26 @@ class SessionState(enum.Enum):
 
 
 class Session:
-    """Routes a kernel's messages to whoever asked, and serialises REST cells.
+    """Routes a kernel's messages to whoever asked, runs cells one at a time, checkpoints after each.
 
     Replies on shell, control and stdin go to the frontend whose request they answer (by the parent's
     ``msg_id``); iopub goes to every attached WebSocket and to the REST run whose cell it belongs to.
     """
 
-    def __init__(self, session_id: str, kernel: Kernel, acquire: KernelSource) -> None:
+    def __init__(
+        self, session_id: str, kernel: Kernel, acquire: KernelSource, persistence: Persistence | None = None
+    ) -> None:
         self.id = session_id
         self.kernel = kernel
         self.kernel_name = kernel.name
+        self.persistence = persistence
         self.state = SessionState.ACTIVE
         self.execution_state = "idle"
         self.execution_count = 0
         self.created = time.time()
         self.last_activity = self.created
         self.kernel_restarts = 0
+        self.restored: RestoreReport | None = None
         self.lock = asyncio.Lock()
         self.connections: set[Subscriber] = set()
         self._routes: dict[str, Subscriber] = {}
@@ -54,18 +61,19 @@ class Session:
         self._kernel_ready = asyncio.Event()
         self._kernel_ready.set()
         self._pending_notices: list[str] = []
+        self._unreported_restore: RestoreReport | None = None
         self._replacing: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.cells = CellQueue(self._send_cell, self._reply, self._after_cell if persistence else None)
         kernel.listener = self
 
     # -- kernel events -----------------------------------------------------------------------------------
 
     def on_kernel_message(self, msg: KernelMessage) -> None:
         self.last_activity = time.time()
+        self.cells.observe(msg)
         if msg.channel is Channel.IOPUB:
             if msg.msg_type == "status":
-                self._set_execution_state(str(msg.content.get("execution_state", self.execution_state)))
+                self.execution_state = str(msg.content.get("execution_state", self.execution_state))
             elif msg.msg_type == "execute_input":
                 count = msg.content.get("execution_count")
                 if isinstance(count, int):
@@ -87,7 +95,8 @@ class Session:
         if kernel_id != self.kernel.id or self.state is SessionState.CLOSED:
             return
         log.warning("session %s: kernel %s died", self.id, kernel_id)
-        self._start_replacement(KERNEL_DIED_NOTICE)
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.get_running_loop().create_task(self._replace_now(KERNEL_DIED_NOTICE))
 
     # -- frontends ---------------------------------------------------------------------------------------
 
@@ -105,7 +114,29 @@ class Session:
         await self._kernel_ready.wait()
         if msg.channel is not Channel.STDIN and msg.msg_id:
             self._routes[msg.msg_id] = conn
+        if msg.channel is Channel.SHELL and msg.msg_type == "execute_request":
+            self.cells.submit(conn, msg)
+        else:
+            self.kernel.send(msg)
+
+    def _send_cell(self, msg: KernelMessage) -> None:
         self.kernel.send(msg)
+
+    def _reply(self, route: Subscriber, msg: KernelMessage) -> None:
+        self._routes.pop(msg.parent_id, None)
+        route.deliver(msg)
+
+    async def _after_cell(self) -> CheckpointOutcome | None:
+        if self.persistence is None:
+            return None
+        kernel = self.kernel
+        if kernel.state is not KernelState.READY:
+            return None
+        try:
+            return await self.persistence.after_cell(kernel)
+        except LeaseLost:
+            log.warning("session %s: lease lost; this replica stops serving it", self.id)
+            raise
 
     # -- REST execution ----------------------------------------------------------------------------------
 
@@ -117,13 +148,13 @@ class Session:
         interrupt_grace: float,
         on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
-        """Run one cell; outputs and reply in nbformat shape. REST cells of a session run one at a time."""
+        """Run one cell and return once its checkpoint committed (or is explicitly pending)."""
         async with self.lock:
             await self._kernel_ready.wait()
             notices, self._pending_notices = self._pending_notices, []
+            restored, self._unreported_restore = self._unreported_restore, None
             run = CellRun(output_limit, on_output)
-            kernel = self.kernel
-            msg = kernel.new_message(
+            msg = self.kernel.new_message(
                 Channel.SHELL,
                 "execute_request",
                 {
@@ -137,12 +168,14 @@ class Session:
             )
             self._routes[msg.msg_id] = run
             self.last_activity = time.time()
+            checkpoint: asyncio.Future[Any] | None = None
             try:
-                kernel.send(msg)
-                result = await self._await_cell(run, kernel, timeout, interrupt_grace)
+                checkpoint = self.cells.submit(run, msg)
+                result = await self._await_cell(run, timeout, interrupt_grace)
+                outcome = await checkpoint if not run.kernel_died else None
             except KernelDied:
                 run.abort()
-                result = run.result(self.id)
+                result, outcome = run.result(self.id), None
             finally:
                 self._routes.pop(msg.msg_id, None)
                 self.last_activity = time.time()
@@ -150,22 +183,25 @@ class Session:
                 result.status = ExecutionStatus.ERROR
                 result.error = {"ename": "KernelDied", "evalue": KERNEL_DIED_NOTICE, "traceback": []}
                 result.kernel_restarted = True
-                self._pending_notices.clear()
+                self._pending_notices = [n for n in self._pending_notices if n != KERNEL_DIED_NOTICE]
             result.notices = notices + result.notices
             if notices:
                 result.kernel_restarted = True
+            if isinstance(outcome, CheckpointOutcome):
+                result.checkpoint = outcome.to_json()
+            if restored is not None:
+                result.restored = restored.to_json()
             return result
 
-    async def _await_cell(
-        self, run: CellRun, kernel: Kernel, timeout: float, interrupt_grace: float
-    ) -> ExecutionResult:
+    async def _await_cell(self, run: CellRun, timeout: float, interrupt_grace: float) -> ExecutionResult:
+        kernel = self.kernel
         try:
             await asyncio.wait_for(run.done.wait(), timeout)
             return run.result(self.id)
         except TimeoutError:
             pass
         await kernel.interrupt()
-        result_error: dict[str, Any] = {
+        error: dict[str, Any] = {
             "ename": "TimeoutError",
             "evalue": f"the cell ran longer than {timeout:g} s and was interrupted",
             "traceback": [],
@@ -175,13 +211,13 @@ class Session:
             result = run.result(self.id)
         except TimeoutError:
             await self._replace_now(TIMEOUT_RESTART_NOTICE)
-            self._pending_notices.clear()
             result = run.result(self.id)
             result.kernel_restarted = True
-            result.notices.append(TIMEOUT_RESTART_NOTICE)
-            result_error["evalue"] += "; it did not stop, so its kernel was replaced (state lost)"
+            result.notices.extend(self._pending_notices)
+            self._pending_notices.clear()
+            error["evalue"] += "; it did not stop, so its kernel was replaced"
         result.status = ExecutionStatus.TIMEOUT
-        result.error = result_error
+        result.error = error
         return result
 
     # -- kernel lifecycle --------------------------------------------------------------------------------
@@ -192,10 +228,6 @@ class Session:
     async def restart(self) -> None:
         """A fresh kernel for this session (from the warm pool), as a Jupyter restart asks."""
         await self._replace_now(None)
-
-    def _start_replacement(self, notice: str | None) -> None:
-        if self._replacing is None or self._replacing.done():
-            self._replacing = asyncio.get_running_loop().create_task(self._replace_now(notice))
 
     async def _replace_now(self, notice: str | None) -> None:
         if not self._kernel_ready.is_set():
@@ -213,14 +245,14 @@ class Session:
                 route.abort()
             else:
                 del self._routes[msg_id]
-        self._broadcast_status(old, "restarting")
+        self.cells.reset()
+        self.broadcast_status("restarting")
         asyncio.get_running_loop().create_task(old.shutdown(now=True))
         try:
             new = await self._acquire()
         except Exception:
             log.exception("session %s: no kernel to replace the old one", self.id)
-            self._broadcast_status(old, "dead")
-            self._set_execution_state("dead")
+            self.broadcast_status("dead")
             raise
         finally:
             self._kernel_ready.set()
@@ -232,24 +264,44 @@ class Session:
         self.kernel_restarts += 1
         self.execution_count = 0
         self.state = SessionState.ACTIVE
-        self._broadcast_status(new, "starting")
-        self._broadcast_status(new, "idle")
+        self.broadcast_status("starting")
+        extra: JSONDict | None = None
+        if notice is not None:
+            # The kernel died or hung, not a restart the user asked for: bring back the last committed state.
+            report = None
+            if self.persistence is not None:
+                try:
+                    report = await self.persistence.restore(new)
+                except Exception as exc:
+                    log.warning("session %s: could not restore onto the new kernel: %s", self.id, exc)
+            if report is not None:
+                self.set_restored(report)
+                self._pending_notices.append(
+                    "the session was restored from its last committed checkpoint "
+                    f"(execution count {report.execution_count})"
+                )
+                extra = {"restored": report.to_json()}
+            else:
+                self._pending_notices.append(STATE_LOST_NOTICE)
+        self.broadcast_status("idle", extra)
 
-    def _set_execution_state(self, state: str) -> None:
+    def set_restored(self, report: RestoreReport) -> None:
+        """The session was just restored onto this replica: tell the next REST reply and every WebSocket."""
+        self.restored = report
+        self._unreported_restore = report
+        self.execution_count = report.execution_count
+
+    def broadcast_status(self, state: str, extra: JSONDict | None = None) -> None:
         self.execution_state = state
-        if state == "busy":
-            self._idle.clear()
-        else:
-            self._idle.set()
-
-    def _broadcast_status(self, kernel: Kernel, state: str) -> None:
-        self._set_execution_state(state)
-        msg = kernel.new_message(Channel.IOPUB, "status", {"execution_state": state})
+        msg = self.status_message(state, extra)
         for conn in list(self.connections):
             conn.deliver(msg)
 
-    async def close(self) -> None:
-        """Shut the kernel down; attached frontends are told the kernel is dead."""
+    def status_message(self, state: str, extra: JSONDict | None = None) -> KernelMessage:
+        return self.kernel.new_message(Channel.IOPUB, "status", {"execution_state": state, **(extra or {})})
+
+    async def close(self, dead: bool = True) -> None:
+        """Shut the kernel down; attached frontends are told the kernel is dead (or just disconnected)."""
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
@@ -261,46 +313,53 @@ class Session:
             if isinstance(route, CellRun):
                 route.abort()
         self._routes.clear()
-        self._broadcast_status(kernel, "dead")
+        self.cells.reset()
+        if dead:
+            self.broadcast_status("dead")
+        for conn in list(self.connections):
+            close = getattr(conn, "close_soon", None)
+            if close is not None:
+                close(1000 if dead else 1012, "kernel shut down" if dead else "session moved")
         with contextlib.suppress(Exception):
-            await kernel.shutdown(now=False)
+            await kernel.shutdown(now=not dead)
 
     # -- views -------------------------------------------------------------------------------------------
 
     async def wait_idle(self) -> None:
-        """Return once no cell of this session is running, from any frontend."""
+        """Return once no cell of this session is running or waiting, from any frontend."""
         async with self.lock:
-            await self._idle.wait()
+            await self.cells.drained()
 
     @property
     def busy(self) -> bool:
-        return self.execution_state == "busy" or self.lock.locked()
+        return self.execution_state == "busy" or self.lock.locked() or self.cells.busy
 
     def model(self) -> JSONDict:
         """The kernel model of the Jupyter API."""
         return {
             "id": self.id,
             "name": self.kernel_name,
-            "last_activity": _iso(self.last_activity),
+            "last_activity": iso(self.last_activity),
             "execution_state": self.execution_state,
             "connections": len(self.connections),
         }
 
     def info(self) -> JSONDict:
-        """The session as the REST face describes it."""
+        """The session as the REST face describes it (the store adds its checkpoint and owner)."""
         return {
             "id": self.id,
             "kernel_name": self.kernel_name,
             "state": self.state.value,
             "execution_state": self.execution_state,
             "execution_count": self.execution_count,
-            "created": _iso(self.created),
-            "last_activity": _iso(self.last_activity),
+            "created": iso(self.created),
+            "last_activity": iso(self.last_activity),
             "connections": len(self.connections),
             "kernel_restarts": self.kernel_restarts,
             "kernel_alive": self.kernel.state is KernelState.READY,
+            "restored": self.restored.to_json() if self.restored else None,
         }
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"

@@ -81,7 +81,7 @@ def test_pool_refills_after_a_session_takes_a_kernel(tmp_path: Path) -> None:
 
 
 def test_idle_session_is_shut_down(tmp_path: Path) -> None:
-    args = ["--pool-size", "1", "--session-idle-timeout", "1.5"]
+    args = ["--pool-size", "1", "--evict-idle-after", "1.5"]
     with running_service(tmp_path, args) as service, service.client() as c:
         sid = c.post("/sessions").json()["id"]
         assert c.get(f"/sessions/{sid}").status_code == 200

@@ -11,6 +11,7 @@ import time
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from notebook_state.errors import OwnedElsewhere, SessionNotFound, StateError
 from notebook_state.session import Session
 from notebook_state.types import KernelMessage
 
@@ -18,7 +19,9 @@ from ..auth import is_authorized
 from ..deps import Gateway
 from ..errors import error_body
 from ..metrics import Metrics
+from ..relay import relay
 from ..responses import JSONResponse
+from ..routing import OwnerGone, is_forwarded
 from ..wsproto import (
     V1_SUBPROTOCOL,
     ProtocolError,
@@ -147,27 +150,44 @@ class ChannelConnection:
         return self.idle_timeout - (time.monotonic() - self.last_traffic)
 
 
+async def _deny(websocket: WebSocket, status: int, message: str) -> None:
+    await websocket.send_denial_response(JSONResponse(error_body(status, message), status_code=status))
+
+
 @router.websocket("/api/kernels/{kernel_id}/channels")
 async def channels(websocket: WebSocket, kernel_id: str) -> None:
     gw: Gateway = websocket.app.state.gateway
     if not is_authorized(websocket, gw.settings):
-        await websocket.send_denial_response(
-            JSONResponse(error_body(401, "a valid token is required"), status_code=401)
-        )
-        return
-    session = gw.manager.sessions.get(kernel_id)
-    if session is None:
-        await websocket.send_denial_response(
-            JSONResponse(error_body(404, f"kernel {kernel_id!r} does not exist"), status_code=404)
-        )
+        await _deny(websocket, 401, "a valid token is required")
         return
     if gw.draining:
-        await websocket.send_denial_response(
-            JSONResponse(error_body(503, "this replica is shutting down"), status_code=503)
-        )
+        await _deny(websocket, 503, "this replica is shutting down")
         return
     v1 = V1_SUBPROTOCOL in websocket.scope.get("subprotocols", [])
+    try:
+        session = await gw.manager.resolve(kernel_id)
+    except OwnedElsewhere as owner:
+        if not is_forwarded(websocket):
+            try:
+                await relay(websocket, owner.url, kernel_id, v1, gw.manager.replica_id)
+                return
+            except OwnerGone:
+                pass
+        try:
+            session = await gw.manager.take_over(kernel_id, owner.epoch)
+        except StateError as exc:
+            await _deny(websocket, 421, str(exc))
+            return
+    except SessionNotFound:
+        await _deny(websocket, 404, f"kernel {kernel_id!r} does not exist")
+        return
+    except StateError as exc:
+        await _deny(websocket, 503, str(exc))
+        return
     await websocket.accept(subprotocol=V1_SUBPROTOCOL if v1 else None)
     settings = gw.settings
     conn = ChannelConnection(websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics)
+    if session.restored is not None and session.connections == set():
+        # Tell the frontend this kernel came back from a checkpoint, and at which execution count.
+        conn.deliver(session.status_message(session.execution_state, {"restored": session.restored.to_json()}))
     await conn.run()

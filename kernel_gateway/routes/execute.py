@@ -4,39 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
-from fastapi import APIRouter
-from starlette.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
 
 from notebook_state.execution import ExecutionResult
 from notebook_state.session import Session
 from notebook_state.types import JSONDict
 
-from ..deps import Authorized, GatewayDep
+from ..deps import Authorized, Gateway, GatewayDep
 from ..models import ExecuteReply, ExecuteRequest
 from ..responses import JSONResponse
+from ..routing import on_owner
 
 router = APIRouter(tags=["execute"], dependencies=[Authorized])
 
 
-async def _session_for(gw: GatewayDep, request: ExecuteRequest) -> Session:
-    if request.session is None:
-        return await gw.manager.create()
-    return gw.manager.get(request.session)
+def _timeout(gw: Gateway, body: ExecuteRequest) -> float:
+    return min(body.timeout or gw.settings.execution_timeout, gw.settings.max_execution_timeout)
 
 
-def _timeout(gw: GatewayDep, request: ExecuteRequest) -> float:
-    limit = gw.settings.max_execution_timeout
-    return min(request.timeout or gw.settings.execution_timeout, limit)
-
-
-def _record(gw: GatewayDep, result: ExecutionResult, started: float, mode: str) -> None:
+def _record(gw: Gateway, result: ExecutionResult, started: float, mode: str) -> None:
     gw.metrics.executions.labels(result.status.value).inc()
     gw.metrics.execution_seconds.labels(mode).observe(time.perf_counter() - started)
     if result.kernel_restarted:
         gw.metrics.kernel_restarts.labels("died" if result.status.value == "error" else "timeout").inc()
+    if result.checkpoint is not None:
+        gw.metrics.checkpoint_bytes.observe(float(result.checkpoint.get("written_bytes", 0)))
+        gw.metrics.checkpoint_seconds.observe(float(result.checkpoint.get("seconds", 0)))
+    if result.restored is not None:
+        gw.metrics.restores.inc()
+
+
+async def _run(
+    gw: Gateway, request: Request, body: ExecuteRequest, here: Callable[[Session], Awaitable[Response]]
+) -> Response:
+    if body.session is None:
+        return await here(await gw.manager.create())
+    return await on_owner(gw, request, body.session, here)
 
 
 @router.post(
@@ -44,15 +51,19 @@ def _record(gw: GatewayDep, result: ExecutionResult, started: float, mode: str) 
     response_model=ExecuteReply,
     summary="Run code in a session and return its outputs",
     description="Without `session`, a new session is created on a warm kernel and its id returned. "
-    "Outputs are nbformat v4 outputs. A cell over its timeout is interrupted; one that does not stop "
-    "has its kernel replaced, and the reply says so.",
+    "Outputs are nbformat v4 outputs. The reply is sent once the cell's checkpoint committed "
+    "(`checkpoint.status: committed`), or says it is `pending` while the store is unreachable. "
+    "A cell over its timeout is interrupted; one that does not stop has its kernel replaced.",
 )
-async def execute(request: ExecuteRequest, gw: GatewayDep) -> JSONResponse:
+async def execute(body: ExecuteRequest, request: Request, gw: GatewayDep) -> Response:
     started = time.perf_counter()
-    session = await _session_for(gw, request)
-    result = await gw.manager.execute(session.id, request.code, _timeout(gw, request))
-    _record(gw, result, started, "json")
-    return JSONResponse(result.to_json())
+
+    async def here(session: Session) -> Response:
+        result = await gw.manager.execute(session, body.code, _timeout(gw, body))
+        _record(gw, result, started, "json")
+        return JSONResponse(result.to_json())
+
+    return await _run(gw, request, body, here)
 
 
 def _event(name: str, data: JSONDict) -> bytes:
@@ -67,37 +78,40 @@ def _event(name: str, data: JSONDict) -> bytes:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def execute_stream(request: ExecuteRequest, gw: GatewayDep) -> StreamingResponse:
+async def execute_stream(body: ExecuteRequest, request: Request, gw: GatewayDep) -> Response:
     started = time.perf_counter()
-    session = await _session_for(gw, request)
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def run() -> None:
-        try:
-            result = await gw.manager.execute(
-                session.id,
-                request.code,
-                _timeout(gw, request),
-                on_output=lambda output: queue.put_nowait(_event("output", output)),
-            )
-            _record(gw, result, started, "stream")
-            queue.put_nowait(_event("reply", result.to_json()))
-        except Exception as exc:  # the stream has started: errors travel as an event
-            queue.put_nowait(_event("error", {"reason": type(exc).__name__, "message": str(exc)}))
-        finally:
-            queue.put_nowait(None)
+    async def here(session: Session) -> Response:
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    task = asyncio.get_running_loop().create_task(run())
+        async def run() -> None:
+            try:
+                result = await gw.manager.execute(
+                    session,
+                    body.code,
+                    _timeout(gw, body),
+                    on_output=lambda output: queue.put_nowait(_event("output", output)),
+                )
+                _record(gw, result, started, "stream")
+                queue.put_nowait(_event("reply", result.to_json()))
+            except Exception as exc:  # the stream has started: errors travel as an event
+                queue.put_nowait(_event("error", {"reason": type(exc).__name__, "message": str(exc)}))
+            finally:
+                queue.put_nowait(None)
 
-    async def events() -> AsyncIterator[bytes]:
-        yield _event("session", {"session": session.id})
-        while True:
-            item = await queue.get()
-            if item is None:
-                break
-            yield item
-        await task
+        task = asyncio.get_running_loop().create_task(run())
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+        async def events() -> AsyncIterator[bytes]:
+            yield _event("session", {"session": session.id})
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                yield item
+            await task
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    return await _run(gw, request, body, here)

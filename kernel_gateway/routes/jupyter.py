@@ -6,16 +6,19 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 from jupyter_client.kernelspec import NoSuchKernel
 from starlette.responses import FileResponse
 
 from notebook_state.errors import KernelSpecNotFound
+from notebook_state.session import Session, iso
+from notebook_state.store import SessionRecord
 
 from .. import __version__
-from ..deps import Authorized, ManagerDep, SettingsDep
+from ..deps import Authorized, GatewayDep, ManagerDep, SettingsDep
 from ..models import CreateKernelRequest, KernelModel
 from ..responses import JSONResponse
+from ..routing import delete_anywhere, on_owner
 
 router = APIRouter(tags=["jupyter"], dependencies=[Authorized])
 
@@ -70,9 +73,22 @@ async def kernelspec_resource(name: str, resource: str, manager: ManagerDep) -> 
     return FileResponse(path, media_type=media_type)
 
 
-@router.get("/api/kernels", summary="Running kernels (one per session)", response_model=list[KernelModel])
+def _model(record: SessionRecord, session: Session | None) -> dict[str, Any]:
+    if session is not None:
+        return session.model()
+    return {
+        "id": record.id,
+        "name": record.kernel_name,
+        "last_activity": iso(record.last_activity or record.created),
+        "execution_state": "idle",
+        "connections": 0,
+    }
+
+
+@router.get("/api/kernels", summary="Every kernel (session) in the store", response_model=list[KernelModel])
 async def list_kernels(manager: ManagerDep) -> JSONResponse:
-    return JSONResponse([s.model() for s in manager.list()])
+    records = await manager.records()
+    return JSONResponse([_model(r, manager.sessions.get(r.id)) for r in records])
 
 
 @router.post("/api/kernels", status_code=201, summary="Start a kernel", response_model=KernelModel)
@@ -84,19 +100,24 @@ async def start_kernel(manager: ManagerDep, body: CreateKernelRequest | None = B
 
 @router.get("/api/kernels/{kernel_id}", summary="One kernel", response_model=KernelModel)
 async def get_kernel(kernel_id: str, manager: ManagerDep) -> JSONResponse:
-    return JSONResponse(manager.get(kernel_id).model())
+    session = manager.sessions.get(kernel_id)
+    if session is not None:
+        return JSONResponse(session.model())
+    return JSONResponse(_model(await manager.record(kernel_id), None))
 
 
-@router.delete("/api/kernels/{kernel_id}", status_code=204, summary="Shut a kernel down")
-async def delete_kernel(kernel_id: str, manager: ManagerDep) -> Response:
-    await manager.delete(kernel_id)
-    return Response(status_code=204)
+@router.delete("/api/kernels/{kernel_id}", status_code=204, summary="Shut a kernel down and delete its state")
+async def delete_kernel(kernel_id: str, request: Request, gw: GatewayDep) -> Response:
+    return await delete_anywhere(gw, request, kernel_id)
 
 
 @router.post("/api/kernels/{kernel_id}/interrupt", status_code=204, summary="Interrupt the running cell")
-async def interrupt_kernel(kernel_id: str, manager: ManagerDep) -> Response:
-    await manager.get(kernel_id).interrupt()
-    return Response(status_code=204)
+async def interrupt_kernel(kernel_id: str, request: Request, gw: GatewayDep) -> Response:
+    async def here(session: Session) -> Response:
+        await session.interrupt()
+        return Response(status_code=204)
+
+    return await on_owner(gw, request, kernel_id, here)
 
 
 @router.post(
@@ -104,7 +125,9 @@ async def interrupt_kernel(kernel_id: str, manager: ManagerDep) -> Response:
     summary="Restart: the session continues on a fresh kernel",
     response_model=KernelModel,
 )
-async def restart_kernel(kernel_id: str, manager: ManagerDep) -> JSONResponse:
-    session = manager.get(kernel_id)
-    await session.restart()
-    return JSONResponse(session.model())
+async def restart_kernel(kernel_id: str, request: Request, gw: GatewayDep) -> Response:
+    async def here(session: Session) -> Response:
+        await session.restart()
+        return JSONResponse(session.model())
+
+    return await on_owner(gw, request, kernel_id, here)

@@ -1,34 +1,56 @@
-"""REST session management: list, create (optionally with a client-chosen id), inspect, delete."""
+"""REST session management: list, create (optionally with a client-chosen id), inspect, checkpoint, delete."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Response
+import time
 
-from ..deps import Authorized, ManagerDep
+from fastapi import APIRouter, Body, Request, Response
+
+from notebook_state.session import Session
+
+from ..deps import Authorized, GatewayDep, ManagerDep
 from ..models import CreateSessionRequest, SessionInfo
 from ..responses import JSONResponse
+from ..routing import delete_anywhere, describe, on_owner
 
 router = APIRouter(tags=["sessions"], dependencies=[Authorized])
 
 
-@router.get("/sessions", response_model=list[SessionInfo], summary="Sessions on this replica")
+@router.get("/sessions", response_model=list[SessionInfo], summary="Every session in the store")
 async def list_sessions(manager: ManagerDep) -> JSONResponse:
-    return JSONResponse([s.info() for s in manager.list()])
+    now = time.time()
+    records = await manager.records()
+    return JSONResponse([describe(r, manager.sessions.get(r.id), now) for r in records])
 
 
 @router.post("/sessions", status_code=201, response_model=SessionInfo, summary="Create a session")
 async def create_session(manager: ManagerDep, body: CreateSessionRequest | None = Body(None)) -> JSONResponse:
     body = body or CreateSessionRequest()
     session = await manager.create(session_id=body.id, kernel_name=body.kernel_name)
-    return JSONResponse(session.info(), status_code=201, headers={"Location": f"/sessions/{session.id}"})
+    record = session.persistence.record if session.persistence else None
+    return JSONResponse(
+        describe(record, session, time.time()), status_code=201, headers={"Location": f"/sessions/{session.id}"}
+    )
 
 
-@router.get("/sessions/{session_id}", response_model=SessionInfo, summary="One session")
+@router.get(
+    "/sessions/{session_id}",
+    response_model=SessionInfo,
+    summary="One session: its state here, its owner, and its last checkpoint (size, age, variables)",
+)
 async def get_session(session_id: str, manager: ManagerDep) -> JSONResponse:
-    return JSONResponse(manager.get(session_id).info())
+    record = await manager.record(session_id)
+    return JSONResponse(describe(record, manager.sessions.get(session_id), time.time()))
 
 
-@router.delete("/sessions/{session_id}", status_code=204, summary="Delete a session and its kernel")
-async def delete_session(session_id: str, manager: ManagerDep) -> Response:
-    await manager.delete(session_id)
-    return Response(status_code=204)
+@router.post("/sessions/{session_id}/checkpoint", summary="Checkpoint the session now")
+async def checkpoint_session(session_id: str, request: Request, gw: GatewayDep) -> Response:
+    async def here(session: Session) -> Response:
+        return JSONResponse(await gw.manager.checkpoint_now(session))
+
+    return await on_owner(gw, request, session_id, here)
+
+
+@router.delete("/sessions/{session_id}", status_code=204, summary="Delete a session, its kernel and its state")
+async def delete_session(session_id: str, request: Request, gw: GatewayDep) -> Response:
+    return await delete_anywhere(gw, request, session_id)

@@ -1,0 +1,273 @@
+"""The service's half of checkpointing: ask the kernel for what changed, sign it, commit it; and the reverse.
+
+The kernel (``notebook_state.capture``, loaded into it) writes its manifest and the blobs of changed groups
+into a private directory; the service reads them, signs them (the kernel never holds the key) and commits
+them to the store, fenced by the session's lease epoch. A restore verifies every signature before a single
+byte reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .kernel import Kernel
+from .signing import Signer, VerificationError
+from .store import Commit, SessionRecord, StateStore, StoreUnavailable
+from .types import Channel, JSONDict
+
+log = logging.getLogger(__name__)
+
+INSTALL_CODE = "__import__('notebook_state.capture').capture.install()"
+ENVELOPE_FORMAT = 1
+
+
+class CheckpointStatus(enum.StrEnum):
+    COMMITTED = "committed"
+    PENDING = "pending"  # captured, but the store is unreachable: retried until it commits
+    FAILED = "failed"  # the kernel could not produce a checkpoint
+    DISABLED = "disabled"
+
+
+@dataclass(slots=True)
+class CheckpointOutcome:
+    status: CheckpointStatus
+    execution_count: int | None = None
+    written_bytes: int = 0
+    total_bytes: int = 0
+    seconds: float = 0.0
+    variables: list[str] = field(default_factory=list)
+    lost: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> JSONDict:
+        return {
+            "status": self.status.value,
+            "written_bytes": self.written_bytes,
+            "total_bytes": self.total_bytes,
+            "seconds": round(self.seconds, 6),
+            "lost": self.lost,
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    execution_count: int
+    restored: list[str]
+    replayed: list[str]
+    modules: list[str]
+    lost: dict[str, str]
+    seconds: float
+
+    def to_json(self) -> JSONDict:
+        return {
+            "execution_count": self.execution_count,
+            "restored": self.restored,
+            "replayed": self.replayed,
+            "modules": self.modules,
+            "lost": self.lost,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+class CheckpointError(Exception):
+    pass
+
+
+@dataclass
+class SessionCheckpoints:
+    """What this replica knows of one session's stored checkpoint, to write only what changed."""
+
+    committed_keys: set[str] = field(default_factory=set)
+    macs: dict[str, str] = field(default_factory=dict)
+    unsent: dict[str, bytes] = field(default_factory=dict)
+    pending: tuple[bytes, str, list[str], SessionRecord] | None = None
+    last: CheckpointOutcome | None = None
+
+
+def _silent(code: str) -> JSONDict:
+    return {"code": code, "silent": True, "store_history": False, "user_expressions": {}, "allow_stdin": False}
+
+
+async def run_in_kernel(kernel: Kernel, code: str, timeout: float) -> None:
+    reply = await kernel.call(Channel.SHELL, "execute_request", _silent(code), timeout=timeout)
+    if reply.content.get("status") != "ok":
+        raise CheckpointError(f"{reply.content.get('ename', 'Error')}: {reply.content.get('evalue', '')}")
+
+
+class Checkpointer:
+    def __init__(self, store: StateStore, signer: Signer, runtime_dir: Path, timeout: float, ttl: float) -> None:
+        self.store = store
+        self.signer = signer
+        self.runtime_dir = runtime_dir
+        self.timeout = timeout
+        self.ttl = ttl
+
+    def _workdir(self, kind: str) -> Path:
+        path = self.runtime_dir / f"{kind}-{uuid.uuid4().hex[:12]}"
+        path.mkdir(mode=0o700)
+        return path
+
+    # -- capture -----------------------------------------------------------------------------------------
+
+    async def capture(
+        self, session_id: str, kernel: Kernel, epoch: int, state: SessionCheckpoints, record: SessionRecord
+    ) -> CheckpointOutcome:
+        started = time.perf_counter()
+        out = self._workdir("ckpt")
+        try:
+            try:
+                await run_in_kernel(kernel, f"__import__('notebook_state.capture').capture.checkpoint({str(out)!r})",
+                                    self.timeout)  # fmt: skip
+                manifest, blobs = await asyncio.to_thread(_read_capture, out)
+            except (CheckpointError, TimeoutError, OSError, ValueError) as exc:
+                outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint failed: {exc}")
+                state.last = outcome
+                return outcome
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        groups: dict[str, JSONDict] = manifest.get("groups", {})
+        keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
+        for gid, data in blobs.items():
+            state.unsent[keys[gid]] = data
+            state.macs[keys[gid]] = self.signer.sign(session_id, data)
+        referenced = set(keys.values())
+        missing = [k for k in referenced if k not in state.macs]
+        if missing:
+            # The kernel believes a group unchanged that this replica never stored (e.g. a restore lost it):
+            # the next checkpoint must write everything again.
+            outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint lacks blobs {missing}")
+            state.last = outcome
+            await run_in_kernel(kernel, "__import__('notebook_state.capture').capture.forget()", self.timeout)
+            return outcome
+        envelope = json.dumps(
+            {"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: state.macs[k] for k in referenced}},
+            separators=(",", ":"),
+        ).encode()
+        sig = self.signer.sign(session_id, envelope)
+        count = manifest.get("execution_count")
+        record.execution_count = int(count) if isinstance(count, int) else record.execution_count
+        record.last_activity = time.time()
+        record.checkpoint_at = time.time()
+        record.checkpoint_bytes = sum(int(g.get("size", 0)) for g in groups.values())
+        record.variables = sorted(n for g in groups.values() for n in g.get("names", []))
+        record.variables += sorted(manifest.get("modules", {}))
+        state.pending = (envelope, sig, sorted(referenced), record)
+        outcome = CheckpointOutcome(
+            CheckpointStatus.PENDING,
+            execution_count=record.execution_count,
+            written_bytes=sum(len(b) for b in blobs.values()),
+            total_bytes=record.checkpoint_bytes,
+            variables=record.variables,
+            lost=dict(manifest.get("lost", {})),
+        )
+        await self.flush(session_id, epoch, state)
+        outcome.status = CheckpointStatus.COMMITTED if state.pending is None else CheckpointStatus.PENDING
+        outcome.seconds = time.perf_counter() - started
+        state.last = outcome
+        return outcome
+
+    async def flush(self, session_id: str, epoch: int, state: SessionCheckpoints) -> bool:
+        """Commit the latest captured checkpoint if one is waiting; True once nothing is pending.
+
+        Raises StaleEpoch when another replica owns the session now.
+        """
+        if state.pending is None:
+            return True
+        envelope, sig, referenced, record = state.pending
+        ref = set(referenced)
+        commit = Commit(
+            manifest=envelope,
+            manifest_sig=sig,
+            blobs={k: v for k, v in state.unsent.items() if k in ref},
+            keep=[k for k in referenced if k not in state.unsent],
+            drop=sorted(state.committed_keys - ref),
+            record=record,
+        )
+        try:
+            await self.store.commit(session_id, epoch, commit, self.ttl)
+        except StoreUnavailable as exc:
+            log.warning("session %s: checkpoint pending, store unreachable: %s", session_id, exc)
+            return False
+        state.committed_keys = ref
+        state.unsent.clear()
+        state.macs = {k: v for k, v in state.macs.items() if k in ref}
+        state.pending = None
+        if state.last is not None and state.last.status is CheckpointStatus.PENDING:
+            state.last.status = CheckpointStatus.COMMITTED
+        return True
+
+    # -- restore -----------------------------------------------------------------------------------------
+
+    async def restore(self, session_id: str, kernel: Kernel, state: SessionCheckpoints) -> RestoreReport | None:
+        """Load the session's last committed checkpoint into ``kernel``; None if it never committed one."""
+        started = time.perf_counter()
+        found = await self.store.load_manifest(session_id)
+        if found is None:
+            return None
+        envelope_bytes, sig = found
+        self.signer.verify(session_id, envelope_bytes, sig, "checkpoint manifest")
+        envelope = json.loads(envelope_bytes)
+        manifest: JSONDict = envelope["manifest"]
+        macs: dict[str, str] = envelope["macs"]
+        groups: dict[str, JSONDict] = manifest.get("groups", {})
+        keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
+        blobs = await self.store.load_blobs(session_id, list(keys.values()))
+        lost: dict[str, str] = {}
+        good: dict[str, bytes] = {}
+        for gid, key in keys.items():
+            data = blobs.get(key)
+            try:
+                if data is None:
+                    raise VerificationError("its stored data is missing")
+                self.signer.verify(session_id, data, macs.get(key, ""), f"variable group {gid}")
+                good[gid] = data
+            except VerificationError as exc:
+                for name in groups[gid].get("names", []):
+                    lost[name] = f"not restored: {exc}"
+        manifest = {**manifest, "groups": {gid: groups[gid] for gid in good}}
+        in_dir = self._workdir("restore")
+        try:
+            await asyncio.to_thread(_write_restore, in_dir, manifest, good)
+            await run_in_kernel(kernel, f"__import__('notebook_state.capture').capture.restore({str(in_dir)!r})",
+                                self.timeout)  # fmt: skip
+            report: JSONDict = await asyncio.to_thread(lambda: json.loads((in_dir / "report.json").read_text()))
+        finally:
+            shutil.rmtree(in_dir, ignore_errors=True)
+        state.committed_keys = {keys[gid] for gid in good}
+        state.macs = {keys[gid]: macs[keys[gid]] for gid in good}
+        state.unsent.clear()
+        state.pending = None
+        lost.update(report.get("lost", {}))
+        lost.update(manifest.get("lost", {}))
+        return RestoreReport(
+            execution_count=int(report.get("execution_count", manifest.get("execution_count", 0)) or 0),
+            restored=list(report.get("restored", [])),
+            replayed=list(report.get("replayed", [])),
+            modules=list(report.get("modules", [])),
+            lost=lost,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _read_capture(out: Path) -> tuple[JSONDict, dict[str, bytes]]:
+    manifest: JSONDict = json.loads((out / "manifest.json").read_text())
+    blobs: dict[str, bytes] = {}
+    for gid, group in manifest.get("groups", {}).items():
+        if group.get("written"):
+            blobs[gid] = (out / f"{gid}.bin").read_bytes()
+    return manifest, blobs
+
+
+def _write_restore(in_dir: Path, manifest: JSONDict, blobs: dict[str, bytes]) -> None:
+    for gid, data in blobs.items():
+        (in_dir / f"{gid}.bin").write_bytes(data)
+    (in_dir / "manifest.json").write_text(json.dumps(manifest))

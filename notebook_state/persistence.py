@@ -1,0 +1,64 @@
+"""One session's link to the state store: its lease epoch, and the checkpoint after every cell."""
+
+from __future__ import annotations
+
+import logging
+
+from .checkpoint import Checkpointer, CheckpointOutcome, CheckpointStatus, RestoreReport, SessionCheckpoints
+from .errors import LeaseLost
+from .kernel import Kernel
+from .store import SessionRecord, StaleEpoch
+
+log = logging.getLogger(__name__)
+
+
+class Persistence:
+    def __init__(self, checkpointer: Checkpointer, record: SessionRecord, epoch: int) -> None:
+        self.checkpointer = checkpointer
+        self.record = record
+        self.epoch = epoch
+        self.state = SessionCheckpoints()
+        self.lost = False
+
+    @property
+    def session_id(self) -> str:
+        return self.record.id
+
+    @property
+    def pending(self) -> bool:
+        return self.state.pending is not None
+
+    @property
+    def last(self) -> CheckpointOutcome | None:
+        return self.state.last
+
+    async def after_cell(self, kernel: Kernel) -> CheckpointOutcome:
+        """Capture what the cell changed and commit it; LeaseLost if another replica owns the session now."""
+        if self.lost:
+            raise LeaseLost(self.session_id)
+        try:
+            return await self.checkpointer.capture(self.session_id, kernel, self.epoch, self.state, self.record)
+        except StaleEpoch as exc:
+            self.lost = True
+            raise LeaseLost(self.session_id) from exc
+
+    async def restore(self, kernel: Kernel) -> RestoreReport | None:
+        """Load the last committed checkpoint into a fresh kernel of this session."""
+        return await self.checkpointer.restore(self.session_id, kernel, self.state)
+
+    async def flush(self) -> bool:
+        """Retry a pending commit; True once nothing is pending."""
+        if self.lost:
+            return False
+        try:
+            return await self.checkpointer.flush(self.session_id, self.epoch, self.state)
+        except StaleEpoch:
+            self.lost = True
+            return False
+
+    def describe(self) -> dict[str, object]:
+        last = self.state.last
+        return {
+            "status": (CheckpointStatus.PENDING if self.pending else last.status).value if last else None,
+            "epoch": self.epoch,
+        }
