@@ -122,32 +122,23 @@ class Checkpointer:
         self, session_id: str, kernel: Kernel, epoch: int, state: SessionCheckpoints, record: SessionRecord
     ) -> CheckpointOutcome:
         started = time.perf_counter()
-        out = self._workdir("ckpt")
-        try:
+        for full in (False, True):
             try:
-                await run_in_kernel(kernel, f"__import__('notebook_state.capture').capture.checkpoint({str(out)!r})",
-                                    self.timeout)  # fmt: skip
-                manifest, blobs = await asyncio.to_thread(_read_capture, out)
+                manifest, blobs = await self._capture(kernel, full)
             except (CheckpointError, TimeoutError, OSError, ValueError) as exc:
                 outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint failed: {exc}")
                 state.last = outcome
                 return outcome
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        groups: dict[str, JSONDict] = manifest.get("groups", {})
-        keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
-        for gid, data in blobs.items():
-            state.unsent[keys[gid]] = data
-            state.macs[keys[gid]] = self.signer.sign(session_id, data)
-        referenced = set(keys.values())
-        missing = [k for k in referenced if k not in state.macs]
-        if missing:
-            # The kernel believes a group unchanged that this replica never stored (e.g. a restore lost it):
-            # the next checkpoint must write everything again.
-            outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint lacks blobs {missing}")
-            state.last = outcome
-            await run_in_kernel(kernel, "__import__('notebook_state.capture').capture.forget()", self.timeout)
-            return outcome
+            groups: dict[str, JSONDict] = manifest.get("groups", {})
+            keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
+            for gid, data in blobs.items():
+                state.unsent[keys[gid]] = data
+                state.macs[keys[gid]] = self.signer.sign(session_id, data)
+            referenced = set(keys.values())
+            # The kernel may believe a group unchanged that this replica never stored (its blob was lost on
+            # restore, say): then capture again, writing every group.
+            if all(k in state.macs for k in referenced):
+                break
         envelope = json.dumps(
             {"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: state.macs[k] for k in referenced}},
             separators=(",", ":"),
@@ -205,6 +196,15 @@ class Checkpointer:
             state.last.status = CheckpointStatus.COMMITTED
         return True
 
+    async def _capture(self, kernel: Kernel, full: bool) -> tuple[JSONDict, dict[str, bytes]]:
+        out = self._workdir("ckpt")
+        try:
+            code = f"__import__('notebook_state.capture').capture.checkpoint({str(out)!r}, full={full})"
+            await run_in_kernel(kernel, code, self.timeout)
+            return await asyncio.to_thread(_read_capture, out)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
     # -- restore -----------------------------------------------------------------------------------------
 
     async def restore(self, session_id: str, kernel: Kernel, state: SessionCheckpoints) -> RestoreReport | None:
@@ -259,6 +259,9 @@ class Checkpointer:
 
 
 def _read_capture(out: Path) -> tuple[JSONDict, dict[str, bytes]]:
+    errors = out / "errors.json"
+    if errors.exists():
+        raise CheckpointError(json.loads(errors.read_text()).get("error", "the kernel could not checkpoint"))
     manifest: JSONDict = json.loads((out / "manifest.json").read_text())
     blobs: dict[str, bytes] = {}
     for gid, group in manifest.get("groups", {}).items():

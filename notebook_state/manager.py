@@ -144,6 +144,7 @@ class SessionManager:
             raise SessionExists(sid)
         try:
             session = await self._open(record, epoch, self._kernel_env(env or {}))
+            self.sessions[sid] = session
         except BaseException:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.delete(sid)
@@ -170,7 +171,6 @@ class SessionManager:
         )
         session = Session(record.id, kernel, acquire, persistence)
         session.created = record.created
-        self.sessions[record.id] = session
         return session
 
     async def resolve(self, session_id: str, may_forward: bool = True) -> Session:
@@ -242,6 +242,8 @@ class SessionManager:
                     "session %s restored at execution count %d (%d restored, %d lost) in %.3f s",
                     sid, report.execution_count, len(report.restored), len(report.lost), report.seconds,
                 )  # fmt: skip
+        # Visible only once restored: nothing may run on the kernel before its state is back.
+        self.sessions[sid] = session
         return session
 
     @staticmethod

@@ -179,6 +179,8 @@ class Session:
             finally:
                 self._routes.pop(msg.msg_id, None)
                 self.last_activity = time.time()
+            if self.persistence is not None and self.persistence.lost:
+                raise LeaseLost(self.id)
             if run.kernel_died and result.status is not ExecutionStatus.TIMEOUT:
                 result.status = ExecutionStatus.ERROR
                 result.error = {"ename": "KernelDied", "evalue": KERNEL_DIED_NOTICE, "traceback": []}
