@@ -27,7 +27,8 @@ def open_store(settings: Settings) -> tuple[StateStore, Signer]:
     data_dir = settings.data_dir.resolve()
     store: StateStore
     if settings.redis_url is not None:
-        store = RedisStore(settings.redis_url.get_secret_value(), settings.session_ttl)
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        store = RedisStore(settings.redis_url.get_secret_value(), settings.session_ttl, password)
     else:
         store = LocalStore(data_dir / "store", settings.session_ttl)
     key = settings.signing_key_bytes or load_or_create_key(data_dir / "signing.key")
@@ -40,9 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
         store, signer = open_store(settings)
 
         def url() -> str:
-            return settings.advertise_url or str(
-                getattr(app.state, "listen_url", f"http://{settings.host}:{settings.port}")
-            )
+            listen_url: str | None = getattr(app.state, "listen_url", None)
+            return listen_url or settings.public_url(settings.host, settings.port)
 
         manager = SessionManager(settings, ENV_PREFIX, store, signer, url)
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout, connect=2.0))

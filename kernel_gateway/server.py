@@ -76,7 +76,7 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
     sock = listening_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    app.state.listen_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    app.state.listen_url = settings.public_url(host, port)
     config = uvicorn.Config(
         app,
         log_config=None,

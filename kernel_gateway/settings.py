@@ -7,6 +7,7 @@ the ``SKG_`` prefix (``SKG_POOL_SIZE=4``). ``$PORT`` is honoured as Knative sets
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
         description="Redis for session state shared by replicas (redis://[:password@]host:port/db). "
         "Unset: the embedded store under --data-dir (one process).",
     )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password, if not in the URL (kept out of the URL so it can come from a Secret)."
+    )
     signing_key: SecretStr | None = Field(
         None,
         description="Key (hex or text, 16+ bytes) that signs checkpoints; every replica sharing a Redis needs "
@@ -135,6 +139,21 @@ class Settings(BaseSettings):
             return bytes.fromhex(raw)
         except ValueError:
             return raw.encode()
+
+    def public_url(self, bound_host: str, bound_port: int) -> str:
+        """The URL other replicas reach this one at: --advertise-url, else the bound address (the pod's own
+        address when bound to all interfaces, as in a container)."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = bound_host
+        if host in ("0.0.0.0", "::", ""):
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{bound_port}"
 
     @property
     def token_value(self) -> str:

@@ -77,9 +77,14 @@ def _blob_key(session_id: str, key: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, session_ttl: float) -> None:
+    def __init__(self, url: str, session_ttl: float, password: str | None = None) -> None:
         self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=15, socket_connect_timeout=2, health_check_interval=10, decode_responses=False
+            url,
+            password=password,
+            socket_timeout=15,
+            socket_connect_timeout=2,
+            health_check_interval=10,
+            decode_responses=False,
         )
         self._ttl_ms = int(session_ttl * 1000)
         self._acquire = self._redis.register_script(_ACQUIRE)

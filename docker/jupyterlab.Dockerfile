@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# JupyterLab whose kernels run on a Serverless Kernel Gateway (no kernel runs in this container).
+# Build from the repository root:
+#   docker build -f docker/jupyterlab.Dockerfile -t REGISTRY/skg-jupyterlab:TAG .
+# Run:
+#   docker run --rm -p 8888:8888 -e SKG_GATEWAY_URL=https://skg-gateway.skg.example.com \
+#     -e SKG_GATEWAY_TOKEN=... REGISTRY/skg-jupyterlab:TAG [extra jupyter lab arguments]
+FROM python:3.11.13-slim-bookworm
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# The user: uid 1000 / gid 100 (users), as in the Jupyter Docker Stacks and KubeSpawner's defaults.
+RUN pip install --no-cache-dir "jupyterlab==4.6.6" "dumb-init==1.2.5.post1" \
+    && useradd --no-log-init --uid 1000 --gid 100 --create-home --home-dir /home/jovyan --shell /bin/bash jovyan
+
+COPY --chmod=0755 docker/start-jupyterlab.sh /usr/local/bin/start-jupyterlab.sh
+
+ENV PORT=8888
+WORKDIR /home/jovyan
+USER 1000:100
+EXPOSE 8888
+
+# Arguments given to `docker run IMAGE ...` are passed on to `jupyter lab`.
+ENTRYPOINT ["dumb-init", "--", "start-jupyterlab.sh"]
+CMD []

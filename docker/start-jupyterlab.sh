@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Start JupyterLab with its kernels on a Serverless Kernel Gateway.
+#
+# Environment:
+#   SKG_GATEWAY_URL   (or JUPYTER_GATEWAY_URL)         the gateway's base URL, required,
+#                                                      e.g. https://skg-gateway.skg.example.com
+#   SKG_GATEWAY_TOKEN (or JUPYTER_GATEWAY_AUTH_TOKEN)  the gateway's SKG_TOKEN, sent as "Authorization: token ..."
+#   PORT                                               port JupyterLab listens on (default 8888)
+#   SKG_GATEWAY_REQUEST_TIMEOUT                        seconds a gateway request may take (default 120: a
+#                                                      Knative cold start from zero adds seconds)
+#   SKG_START_DRY_RUN=1                                print the command instead of running it
+# Arguments: --print-command (same as SKG_START_DRY_RUN=1); every other argument is passed to `jupyter lab`.
+set -euo pipefail
+
+prog="start-jupyterlab"
+dry_run="${SKG_START_DRY_RUN:-0}"
+passthrough=()
+for arg in "$@"; do
+  if [[ "$arg" == "--print-command" ]]; then
+    dry_run=1
+  else
+    passthrough+=("$arg")
+  fi
+done
+
+url="${SKG_GATEWAY_URL:-${JUPYTER_GATEWAY_URL:-}}"
+token="${SKG_GATEWAY_TOKEN:-${JUPYTER_GATEWAY_AUTH_TOKEN:-}}"
+port="${PORT:-8888}"
+request_timeout="${SKG_GATEWAY_REQUEST_TIMEOUT:-120}"
+
+if [[ -z "$url" ]]; then
+  echo "$prog: error: no gateway URL. Set SKG_GATEWAY_URL (or JUPYTER_GATEWAY_URL) to the Serverless" \
+    "Kernel Gateway's address, e.g. SKG_GATEWAY_URL=https://skg-gateway.skg.example.com" >&2
+  exit 2
+fi
+case "$url" in
+  http://* | https://*) ;;
+  *)
+    echo "$prog: error: SKG_GATEWAY_URL must start with http:// or https://, got '$url'" >&2
+    exit 2
+    ;;
+esac
+url="${url%/}"
+if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+  echo "$prog: error: PORT must be a port number (1-65535), got '$port'" >&2
+  exit 2
+fi
+if ! [[ "$request_timeout" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+  echo "$prog: error: SKG_GATEWAY_REQUEST_TIMEOUT must be a number of seconds, got '$request_timeout'" >&2
+  exit 2
+fi
+
+cmd=(
+  jupyter lab
+  --no-browser
+  --ip=0.0.0.0
+  "--port=${port}"
+  "--gateway-url=${url}"
+  "--GatewayClient.request_timeout=${request_timeout}"
+)
+if [[ -n "$token" ]]; then
+  cmd+=("--GatewayClient.auth_token=${token}")
+else
+  echo "$prog: warning: no gateway token (SKG_GATEWAY_TOKEN or JUPYTER_GATEWAY_AUTH_TOKEN): the gateway" \
+    "refuses unauthenticated requests unless it is bound to loopback" >&2
+fi
+cmd+=("${passthrough[@]+"${passthrough[@]}"}")
+
+if [[ "$dry_run" == "1" ]]; then
+  printf '%q ' "${cmd[@]}"
+  printf '\n'
+  exit 0
+fi
+exec "${cmd[@]}"
