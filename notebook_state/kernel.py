@@ -106,7 +106,7 @@ class Kernel:
             if self.km.has_kernel:
                 await self.km.shutdown_kernel(now=now)
         with contextlib.suppress(Exception):
-            self.km.cleanup_resources()
+            await self.km.cleanup_resources()
 
     async def interrupt(self) -> None:
         if self.state is KernelState.READY:

@@ -235,7 +235,14 @@ class Session:
         if not self._kernel_ready.is_set():
             await self._kernel_ready.wait()
             return
+        # Nothing reaches the session's kernel until the new one is in place (and restored, if it must be).
         self._kernel_ready.clear()
+        try:
+            await self._swap_kernel(notice)
+        finally:
+            self._kernel_ready.set()
+
+    async def _swap_kernel(self, notice: str | None) -> None:
         self.state = SessionState.RESTARTING
         old = self.kernel
         old.listener = None
@@ -256,8 +263,6 @@ class Session:
             log.exception("session %s: no kernel to replace the old one", self.id)
             self.broadcast_status("dead")
             raise
-        finally:
-            self._kernel_ready.set()
         if self.state is SessionState.CLOSED:
             await new.shutdown(now=True)
             return

@@ -1,0 +1,92 @@
+"""Kernel-side capture and restore of a notebook's namespace.
+
+Runs INSIDE the ipykernel process and imports nothing from the service (``kernel_gateway``) or the rest of
+``notebook_state``: the kernel never holds service secrets. The service calls, in silent executes::
+
+    __import__('notebook_state.capture').capture.install()       # once, right after the kernel starts
+    __import__('notebook_state.capture').capture.checkpoint(dir) # after each cell
+    __import__('notebook_state.capture').capture.restore(dir)    # on a fresh kernel, to take a session over
+
+Modules: ``analysis`` (what a cell could touch), ``groups`` (alias groups), ``hashing``, ``serialize`` (blob
+format), ``replay`` (unserialisable variables), ``tracker`` (events + incremental checkpoint) and ``restorer``
+(restore; not named ``restore``, which would shadow the function below once imported).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import traceback
+from typing import Any
+
+from .tracker import Tracker
+
+__all__ = ["checkpoint", "install", "restore", "tracker_of"]
+
+_ATTR = "_notebook_state_tracker"
+
+
+def _shell(shell: Any) -> Any:
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            raise RuntimeError("notebook_state.capture needs an IPython shell")
+    return shell
+
+
+def tracker_of(shell: Any = None) -> Tracker:
+    """The shell's tracker, installing it first if needed."""
+    shell = _shell(shell)
+    tracker = getattr(shell, _ATTR, None)
+    if isinstance(tracker, Tracker) and tracker.ns is shell.user_ns:
+        return tracker
+    if isinstance(tracker, Tracker):  # the shell's namespace was replaced: start over
+        _unregister(shell, tracker)
+    tracker = Tracker(shell)
+    shell.events.register("pre_run_cell", tracker.pre_run_cell)
+    shell.events.register("post_run_cell", tracker.post_run_cell)
+    setattr(shell, _ATTR, tracker)
+    return tracker
+
+
+def _unregister(shell: Any, tracker: Tracker) -> None:
+    for event, callback in (("pre_run_cell", tracker.pre_run_cell), ("post_run_cell", tracker.post_run_cell)):
+        with contextlib.suppress(ValueError):
+            shell.events.unregister(event, callback)
+
+
+def install(shell: Any = None) -> None:
+    """Install the tracker on ``shell`` (``get_ipython()`` by default). Idempotent."""
+    tracker_of(shell)
+
+
+def checkpoint(out_dir: str, shell: Any = None, *, full: bool = False) -> None:
+    """Write ``manifest.json`` and the blobs of changed groups into ``out_dir``. Never raises.
+
+    ``full=True`` writes every group's blob (use it when an earlier checkpoint was not committed).
+    """
+    try:
+        tracker_of(shell).checkpoint(out_dir, full=full)
+    except Exception as exc:
+        _write_error(out_dir, exc)
+
+
+def restore(in_dir: str, shell: Any = None) -> None:
+    """Restore ``in_dir`` (manifest + every listed blob) into the shell; writes ``report.json``. Never raises."""
+    try:
+        from .restorer import restore_into
+
+        restore_into(tracker_of(shell), in_dir)
+    except Exception as exc:
+        _write_error(in_dir, exc, "report.json")
+
+
+def _write_error(directory: str, exc: BaseException, name: str = "errors.json") -> None:
+    try:
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+            json.dump({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, f)
+    except Exception:
+        pass

@@ -1,0 +1,255 @@
+"""Serialising one alias group ``{name: obj}`` into a blob, and loading it back.
+
+Pickle protocol 5 with a ``buffer_callback``: big contiguous buffers (numpy arrays, pandas blocks) stay out of
+band, so they are hashed and written straight from the object's memory, never copied into the pickle stream.
+
+Blob layout (all integers little-endian)::
+
+    b"NBSTATE1" | serializer (1 byte: b"c" cloudpickle, b"d" dill) | 3 zero bytes | u32 n_buffers |
+    u64 stream_length | n_buffers x u64 buffer_length | stream | (zero padding to 64, buffer)*
+
+The hash (xxh3-128) is over exactly the bytes of the file, so ``xxh3_128(file) == manifest hash``.
+
+Functions defined in the notebook are pickled by value (cloudpickle) but WITHOUT a snapshot of the globals they
+read: they are rebuilt with the restoring kernel's user namespace as their ``__globals__``, so they keep
+seeing (and ``global``-assigning) the live variables, which are restored as variables of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import struct
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from .hashing import StreamHash
+
+MAGIC = b"NBSTATE1"
+_ALIGN = 64
+_FIXED = struct.Struct("<8s1s3xIQ")
+_CODES = {"cloudpickle": b"c", "dill": b"d"}
+_NAMES = {v: k for k, v in _CODES.items()}
+
+_LOCK_TYPE = type(threading.Lock())
+_RLOCK_TYPE = type(threading.RLock())
+_FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair, io.TextIOWrapper)
+
+_load_namespace: dict[str, Any] | None = None
+
+
+def _user_namespace() -> dict[str, Any]:
+    """At load time: the namespace notebook functions are rebuilt in (the restoring shell's user_ns)."""
+    if _load_namespace is not None:
+        return _load_namespace
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            user_ns: dict[str, Any] = shell.user_ns
+            return user_ns
+    except Exception:
+        pass
+    return sys.modules["__main__"].__dict__
+
+
+class _UserNamespace:
+    """Pickles as a call to :func:`_user_namespace` (stands in for a notebook function's globals)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_user_namespace, ())
+
+
+_NS_MARKER = _UserNamespace()
+
+
+@contextlib.contextmanager
+def loading_into(ns: dict[str, Any]) -> Iterator[None]:
+    """Make notebook functions unpickled inside this block use ``ns`` as their globals."""
+    global _load_namespace
+    previous, _load_namespace = _load_namespace, ns
+    builtins_before = ns.get("__builtins__")
+    try:
+        yield
+    finally:
+        _load_namespace = previous
+        # cloudpickle's _function_setstate stores its own __builtins__ dict into the globals; put ours back.
+        if builtins_before is not None:
+            ns["__builtins__"] = builtins_before
+
+
+def _make_lock(locked: bool) -> Any:
+    lock = threading.Lock()
+    if locked:
+        lock.acquire()
+    return lock
+
+
+def _make_rlock() -> Any:
+    return threading.RLock()
+
+
+def _refuse_or_reduce(obj: Any) -> Any:
+    """Reductions shared by both picklers: locks are re-created, open files are refused."""
+    t = type(obj)
+    if t is _LOCK_TYPE:
+        return (_make_lock, (obj.locked(),))
+    if t is _RLOCK_TYPE:
+        return (_make_rlock, ())
+    if isinstance(obj, _FILE_TYPES):
+        name = getattr(obj, "name", "?")
+        mode = getattr(obj, "mode", "?")
+        raise TypeError(f"cannot pickle open file {name!r} (mode {mode!r})")
+    return NotImplemented
+
+
+class NamespacePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with notebook functions bound to the live namespace and open files refused."""
+
+    def __init__(self, file: Any, ns: dict[str, Any], buffer_callback: Any = None) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        self._ns = ns
+
+    def reducer_override(self, obj: Any) -> Any:
+        reduced = _refuse_or_reduce(obj)
+        if reduced is not NotImplemented:
+            return reduced
+        return super().reducer_override(obj)
+
+    def _function_getnewargs(self, func: types.FunctionType) -> Any:
+        newargs = super()._function_getnewargs(func)
+        if func.__globals__ is self._ns:
+            return (newargs[0], _NS_MARKER, *newargs[2:])
+        return newargs
+
+    def _dynamic_function_reduce(self, func: types.FunctionType) -> Any:
+        reduced = super()._dynamic_function_reduce(func)
+        if func.__globals__ is self._ns:
+            state, slotstate = reduced[2]
+            # Do not snapshot the globals the function reads: they are variables restored on their own.
+            slotstate = {**slotstate, "__globals__": {}}
+            reduced = (reduced[0], reduced[1], (state, slotstate), *reduced[3:])
+        return reduced
+
+
+def _dill_pickler_class() -> type[Any]:
+    import dill  # type: ignore[import-untyped]
+
+    class _DillPickler(dill.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, type) and obj.__module__ == "__main__":
+                # cloudpickle's class reduction carries a tracker id: one class object across all blobs.
+                return cloudpickle.cloudpickle._class_reduce(obj)
+            return _refuse_or_reduce(obj)
+
+    return _DillPickler
+
+
+@dataclass
+class Serialized:
+    serializer: str
+    header: bytes
+    stream: memoryview
+    buffers: list[memoryview] = field(default_factory=list)
+    hash: str = ""
+    size: int = 0
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        yield self.header
+        yield self.stream
+        offset = len(self.header) + self.stream.nbytes
+        for buf in self.buffers:
+            pad = -offset % _ALIGN
+            if pad:
+                yield b"\0" * pad
+            yield buf
+            offset += pad + buf.nbytes
+
+
+def _finish(serializer: str, stream: memoryview, buffers: list[memoryview]) -> Serialized:
+    header = _FIXED.pack(MAGIC, _CODES[serializer], len(buffers), stream.nbytes)
+    header += b"".join(struct.pack("<Q", b.nbytes) for b in buffers)
+    ser = Serialized(serializer, header, stream, buffers)
+    h = StreamHash()
+    for chunk in ser.chunks():
+        h.update(chunk)
+    ser.hash, ser.size = h.hexdigest(), h.nbytes
+    return ser
+
+
+def _dump(pickler_cls: Any, objs: dict[str, Any], ns: dict[str, Any], serializer: str) -> Serialized:
+    out = io.BytesIO()
+    buffers: list[memoryview] = []
+
+    def keep(pb: pickle.PickleBuffer) -> bool:
+        try:
+            raw = pb.raw()
+        except BufferError:
+            return True  # not contiguous: pickle it in band
+        buffers.append(raw)
+        return False
+
+    if serializer == "cloudpickle":
+        pickler = pickler_cls(out, ns, buffer_callback=keep)
+    else:
+        pickler = pickler_cls(out, protocol=5, buffer_callback=keep)
+        main = sys.modules.get("__main__")
+        if main is not None and main.__dict__ is ns:
+            pickler._main = main
+    pickler.dump(objs)
+    return _finish(serializer, out.getbuffer(), buffers)
+
+
+def serialize(objs: dict[str, Any], ns: dict[str, Any]) -> Serialized:
+    """cloudpickle first, dill if cloudpickle fails; raises the cloudpickle error if both fail."""
+    try:
+        return _dump(NamespacePickler, objs, ns, "cloudpickle")
+    except Exception as first:
+        try:
+            return _dump(_dill_pickler_class(), objs, ns, "dill")
+        except Exception:
+            raise first from None
+
+
+def write_blob(path: str, ser: Serialized) -> None:
+    with open(path, "wb") as f:
+        for chunk in ser.chunks():
+            f.write(chunk)
+
+
+def load_blob(path: str, ns: dict[str, Any]) -> dict[str, Any]:
+    """Read a blob into one writable buffer (arrays are rebuilt on it, not copied) and unpickle it."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    view = memoryview(data)
+    magic, code, nbuf, stream_len = _FIXED.unpack_from(view, 0)
+    if magic != MAGIC or code not in _NAMES:
+        raise ValueError("not a notebook_state blob")
+    offset = _FIXED.size
+    lengths = [struct.unpack_from("<Q", view, offset + 8 * i)[0] for i in range(nbuf)]
+    offset += 8 * nbuf
+    stream = view[offset : offset + stream_len]
+    offset += stream_len
+    buffers = []
+    for length in lengths:
+        offset += -offset % _ALIGN
+        buffers.append(view[offset : offset + length])
+        offset += length
+    with loading_into(ns):
+        if _NAMES[code] == "dill":
+            import dill
+
+            result = dill.loads(bytes(stream), buffers=buffers)
+        else:
+            result = pickle.loads(stream, buffers=buffers)
+    if not isinstance(result, dict):
+        raise ValueError("blob does not hold a name -> object mapping")
+    return cast(dict[str, Any], result)

@@ -1,0 +1,281 @@
+"""The per-kernel tracker: what each cell could have touched, and the incremental checkpoint of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+import types
+from dataclasses import dataclass
+from typing import Any
+
+from .analysis import analyse_cell, reached_names, statements_of
+from .groups import AliasIndex, reachable_ids, skip_ids
+from .hashing import group_id
+from .replay import Binding, kind_of, plan
+from .serialize import serialize, write_blob
+
+FORMAT = 1
+MAX_CHAIN = 50
+_STAMP = 100_000  # statements kept per name for replay (augmented assignments accumulate)
+
+
+@dataclass
+class GroupState:
+    names: tuple[str, ...]
+    hash: str
+    size: int
+    serializer: str
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Tracker:
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.ns: dict[str, Any] = shell.user_ns
+        self.conservative = True  # the first checkpoint looks at everything
+        self.pending: set[str] = set()
+        self.known: set[str] = set()
+        self.index = AliasIndex()
+        self.groups: dict[str, GroupState] = {}
+        self.name_gid: dict[str, str] = {}
+        self.modules: dict[str, str] = {}
+        self.unserialisable: dict[str, tuple[str, str]] = {}
+        self.history: dict[str, Binding] = {}
+        self.seqs: dict[str, int] = {}
+        self.seq = 0
+        self.errors: list[str] = []
+        self._cell: list[Any] | None = None
+        self._before: dict[str, int] = {}
+
+    # -- names ------------------------------------------------------------------------------------------
+
+    def is_user_name(self, name: str) -> bool:
+        if name.startswith("_"):
+            return False
+        hidden = self.shell.user_ns_hidden
+        return not (name in hidden and self.ns.get(name) is hidden[name])
+
+    def user_names(self) -> set[str]:
+        return {n for n in list(self.ns) if self.is_user_name(n)}
+
+    # -- IPython events ---------------------------------------------------------------------------------
+
+    def pre_run_cell(self, info: Any) -> None:
+        try:
+            self._before = {n: id(v) for n, v in list(self.ns.items())}
+            source = getattr(info, "transformed_cell", None) or self.shell.transform_cell(info.raw_cell or "")
+            cell = analyse_cell(source)
+            if cell.conservative:
+                self.conservative = True
+            else:
+                self.pending |= cell.names | reached_names(cell.names, self.ns)
+            self._cell = cell.statements
+        except Exception as exc:
+            self.conservative = True
+            self._cell = None
+            self.errors.append(f"pre_run_cell: {_error(exc)}")
+
+    def post_run_cell(self, result: Any) -> None:
+        try:
+            statements, self._cell = self._cell, None
+            self.seq += 1
+            ns, before = self.ns, self._before
+            failed = getattr(result, "error_in_exec", None) is not None
+            rebound = {n for n, v in ns.items() if before.get(n) != id(v)} | (set(before) - set(ns))
+            self.pending |= rebound  # whatever changed identity is a candidate, however it was bound
+            # Stamps order bindings across and within cells (statement i of cell n: n * 100_000 + i).
+            base = self.seq * _STAMP
+            for i, stmt in enumerate((statements or [])[: _STAMP - 1]):
+                for name in stmt.binds:
+                    if name not in ns or (failed and name not in rebound):
+                        continue
+                    self.seqs[name] = base + i
+                    binding = self.history.get(name)
+                    if binding is not None and (stmt.kind == "AugAssign" or name in stmt.reads):
+                        binding.statements.append(stmt)
+                        binding.seq = base + i
+                        if len(binding.statements) > MAX_CHAIN:
+                            binding.statements = []
+                    else:
+                        self.history[name] = Binding([stmt], base + i)
+            for name in rebound:
+                if self.seqs.get(name, -1) < base:  # rebound by code we did not see (`global` in a function, exec)
+                    self.seqs[name] = base + _STAMP - 1
+                    self.history.pop(name, None)
+        except Exception as exc:
+            self.conservative = True
+            self.errors.append(f"post_run_cell: {_error(exc)}")
+
+    # -- checkpoint -------------------------------------------------------------------------------------
+
+    def checkpoint(self, out_dir: str, full: bool = False) -> None:
+        """Write the manifest (and changed blobs); never raises."""
+        t0 = time.perf_counter()
+        errors, self.errors = self.errors, []
+        try:
+            manifest = self._checkpoint(out_dir, full or self.conservative, full, errors)
+        except Exception as exc:
+            errors.append(f"checkpoint: {_error(exc)}; retried writing everything\n{traceback.format_exc()}")
+            self.__init__(self.shell)  # type: ignore[misc]
+            try:
+                manifest = self._checkpoint(out_dir, True, True, errors)
+            except Exception as exc2:
+                self.__init__(self.shell)  # type: ignore[misc]
+                errors.append(f"checkpoint: {_error(exc2)}\n{traceback.format_exc()}")
+                _write_json(os.path.join(out_dir, "errors.json"), {"errors": errors})
+                return
+        manifest["stats"]["seconds"] = round(time.perf_counter() - t0, 6)
+        _write_json(os.path.join(out_dir, "manifest.json"), manifest)
+
+    def _checkpoint(self, out_dir: str, everything: bool, force: bool, errors: list[str]) -> dict[str, Any]:
+        ns = self.ns
+        current = self.user_names()
+        candidates = set(current) if everything else (self.pending & current) | (current - self.known)
+        deleted = self.known - current
+        skip = skip_ids(ns, self.shell)
+        for name in deleted:
+            self.modules.pop(name, None)
+            self.unserialisable.pop(name, None)
+            self.index.drop(name)
+            self.history.pop(name, None)
+        values: set[str] = set()
+        for name in candidates:
+            value = ns[name]
+            self.unserialisable.pop(name, None)
+            if isinstance(value, types.ModuleType):
+                self.modules[name] = value.__name__
+                self.index.drop(name)
+                continue
+            self.modules.pop(name, None)
+            values.add(name)
+            try:
+                ids, overflow = reachable_ids(value, skip)
+            except Exception as exc:  # a broken __reduce__/referents: group it with everything
+                errors.append(f"{name}: reachability failed ({_error(exc)})")
+                ids, overflow = frozenset({id(value)}), True
+            self.index.assign(name, ids, overflow)
+        affected = set(values)
+        for name in candidates | deleted:
+            gid = self.name_gid.get(name)
+            if gid in self.groups:
+                affected |= set(self.groups[gid].names)
+        affected = {n for n in affected if n in current and n not in self.modules}
+        components = self.index.components(sorted(affected))
+        old: dict[str, GroupState] = {}
+        for name in set().union(candidates, deleted, *components):
+            gid = self.name_gid.pop(name, None)
+            if gid is not None and gid in self.groups:
+                old[gid] = self.groups.pop(gid)
+        for gone in old.values():  # members of dissolved groups not re-grouped below lose their gid too
+            for name in gone.names:
+                self.name_gid.pop(name, None)
+        stats = {"candidates": len(candidates), "hashed_bytes": 0, "written_bytes": 0, "seconds": 0.0}
+        written: set[str] = set()
+        for comp in components:
+            self._store(comp, out_dir, old, force, stats, written, errors)
+        lost_now = {n for n in self.unserialisable if n not in current}
+        for name in lost_now:
+            self.unserialisable.pop(name)
+        restorable = set(self.name_gid) | set(self.modules) | {n for n in ns if not self.is_user_name(n)}
+        replay, lost = plan(self.unserialisable, self.history, restorable, self.seqs, ns)
+        self.known = current
+        self.pending.clear()
+        self.conservative = False
+        return {
+            "format": FORMAT,
+            "execution_count": int(self.shell.execution_count) - 1,
+            "groups": {
+                gid: {
+                    "names": list(g.names),
+                    "hash": g.hash,
+                    "size": g.size,
+                    "serializer": g.serializer,
+                    "written": gid in written,
+                }
+                for gid, g in sorted(self.groups.items())
+            },
+            "modules": dict(sorted(self.modules.items())),
+            "replay": replay,
+            "lost": lost,
+            "stats": stats,
+            "errors": errors,
+        }
+
+    def _store(
+        self,
+        names: set[str],
+        out_dir: str,
+        old: dict[str, GroupState],
+        force: bool,
+        stats: dict[str, Any],
+        written: set[str],
+        errors: list[str],
+    ) -> None:
+        ns = self.ns
+        try:
+            ser = serialize({n: ns[n] for n in sorted(names)}, ns)
+        except Exception as exc:
+            if len(names) == 1:
+                (name,) = names
+                self.unserialisable[name] = (kind_of(ns[name]), _error(exc))
+                return
+            bad = set()
+            for name in sorted(names):
+                try:
+                    serialize({name: ns[name]}, ns)
+                except Exception as each:
+                    bad.add(name)
+                    self.unserialisable[name] = (kind_of(ns[name]), _error(each))
+            if not bad:
+                errors.append(f"{sorted(names)} fail together ({_error(exc)}); stored one by one, aliasing lost")
+                for name in sorted(names):
+                    self._store({name}, out_dir, old, force, stats, written, errors)
+            elif names - bad:
+                self._store(names - bad, out_dir, old, force, stats, written, errors)
+            return
+        gid = group_id(names)
+        stats["hashed_bytes"] += ser.size
+        previous = old.get(gid)
+        if force or previous is None or previous.hash != ser.hash:
+            write_blob(os.path.join(out_dir, f"{gid}.bin"), ser)
+            stats["written_bytes"] += ser.size
+            written.add(gid)
+        self.groups[gid] = GroupState(tuple(sorted(names)), ser.hash, ser.size, ser.serializer)
+        for name in names:
+            self.name_gid[name] = gid
+
+    # -- after a restore --------------------------------------------------------------------------------
+
+    def adopt(self, manifest: dict[str, Any], restored: set[str], replayed: set[str], modules: set[str]) -> None:
+        """Take the restored manifest as the last checkpoint, so the next one writes only later changes."""
+        self.__init__(self.shell)  # type: ignore[misc]
+        self.conservative = False
+        for gid, g in manifest.get("groups", {}).items():
+            names = tuple(sorted(g["names"]))
+            if set(names) <= restored:
+                self.groups[gid] = GroupState(names, g["hash"], g["size"], g["serializer"])
+                self.name_gid.update(dict.fromkeys(names, gid))
+        self.modules = {n: m for n, m in manifest.get("modules", {}).items() if n in modules}
+        for name in replayed:
+            entry = manifest["replay"][name]
+            self.unserialisable[name] = (entry.get("kind", "?"), entry.get("reason", ""))
+            self.history[name] = Binding(statements_of(entry["code"]), 0)
+        skip = skip_ids(self.ns, self.shell)
+        for name in restored | replayed:
+            if name in self.ns:
+                self.index.assign(name, *reachable_ids(self.ns[name], skip))
+        self.known = self.user_names()
+        # Names that exist but were not restored (a failed group) are new to the next checkpoint.
+        self.pending = self.known - restored - replayed - modules
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=None, separators=(",", ":"), default=str)
+    os.replace(tmp, path)
