@@ -42,6 +42,7 @@ class CellQueue:
         self._held: deque[_Cell] = deque()
         self._current: _Cell | None = None
         self._finishing: asyncio.Task[None] | None = None
+        self._abortable: list[_Cell] = []
 
     @property
     def busy(self) -> bool:
@@ -75,6 +76,10 @@ class CellQueue:
         if msg.channel is Channel.SHELL and msg.msg_type == "execute_reply":
             cell.replied = True
             cell.failed = msg.content.get("status") != "ok"
+            if cell.failed:
+                # Only what was already waiting when the error was reported would have been in the kernel's
+                # queue; requests sent after the frontend saw the error run normally.
+                self._abortable = list(self._held)
         elif msg.channel is Channel.IOPUB and msg.msg_type == "status":
             cell.idle = msg.content.get("execution_state") == "idle"
         if cell.replied and cell.idle:
@@ -93,14 +98,16 @@ class CellQueue:
         finally:
             self._finishing = None
         if cell.failed:
-            self._abort_held(stop_on_error_only=True)
+            self._abort_held(stop_on_error_only=True, only=self._abortable)
+        self._abortable = []
         self._next()
 
-    def _abort_held(self, stop_on_error_only: bool) -> None:
+    def _abort_held(self, stop_on_error_only: bool, only: list[_Cell] | None = None) -> None:
         kept: deque[_Cell] = deque()
         while self._held:
             cell = self._held.popleft()
-            if stop_on_error_only and not cell.msg.content.get("stop_on_error", True):
+            spared = only is not None and all(cell is not c for c in only)
+            if spared or (stop_on_error_only and not cell.msg.content.get("stop_on_error", True)):
                 kept.append(cell)
                 continue
             reply = KernelMessage(

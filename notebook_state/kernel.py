@@ -56,6 +56,8 @@ class Kernel:
         self._sockets: dict[Channel, zmq.Socket[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._calls: dict[str, asyncio.Future[KernelMessage]] = {}
+        # The service's own requests (checkpoints, env setup): their iopub traffic is not the frontends' business.
+        self._internal: set[str] = set()
         self._iopub_seen = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -148,6 +150,9 @@ class Kernel:
         msg = self.new_message(channel, msg_type, content)
         fut: asyncio.Future[KernelMessage] = asyncio.get_running_loop().create_future()
         self._calls[msg.msg_id] = fut
+        if len(self._internal) > 1024:  # idle never came for some (kernel interrupted): forget them
+            self._internal.clear()
+        self._internal.add(msg.msg_id)
         try:
             self.send(msg)
             return await asyncio.wait_for(fut, timeout)
@@ -170,6 +175,10 @@ class Kernel:
                 continue
             if channel is Channel.IOPUB:
                 self._iopub_seen.set()
+                if msg.parent_id in self._internal:
+                    if msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
+                        self._internal.discard(msg.parent_id)
+                    continue
             fut = self._calls.get(msg.parent_id)
             if fut is not None and channel is not Channel.IOPUB:
                 if not fut.done():

@@ -123,8 +123,18 @@ class Session:
         self.kernel.send(msg)
 
     def _reply(self, route: Subscriber, msg: KernelMessage) -> None:
+        """Answer a held cell without running it (aborted), with the busy/idle pair ipykernel would send."""
         self._routes.pop(msg.parent_id, None)
-        route.deliver(msg)
+        for state in ("busy", None, "idle"):
+            if state is None:
+                route.deliver(msg)
+                continue
+            status = self.status_message(state)
+            status.parent_header = msg.parent_header
+            if route not in self.connections:
+                route.deliver(status)
+            for conn in list(self.connections):
+                conn.deliver(status)
 
     async def _after_cell(self) -> CheckpointOutcome | None:
         if self.persistence is None:

@@ -220,14 +220,17 @@ def test_timeout_interrupts_and_keeps_state(tight_service: Service) -> None:
 def test_timeout_replaces_a_kernel_that_ignores_interrupts(tight_service: Service) -> None:
     code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
     with tight_service.client() as c:
-        sid = c.post("/execute", json={"code": "lost = 1"}).json()["session"]
+        sid = c.post("/execute", json={"code": "kept = 1"}).json()["session"]
         body = c.post("/execute", json={"code": code, "session": sid, "timeout": 1}).json()
         assert body["status"] == "timeout"
         assert body["kernel_restarted"] is True
         assert "replaced" in body["error"]["evalue"]
-        after = c.post("/execute", json={"code": "'lost' in globals()", "session": sid}).json()
+        # The new kernel got the session's last committed state back.
+        assert any("restored" in n for n in body["notices"])
+        assert body["restored"] is None or body["restored"]["execution_count"] == 1
+        after = c.post("/execute", json={"code": "kept", "session": sid}).json()
         assert after["status"] == "ok"
-        assert after["outputs"][0]["data"] == {"text/plain": "False"}
+        assert after["outputs"][0]["data"] == {"text/plain": "1"}
         assert after["kernel_restarted"] is False
         assert c.get(f"/sessions/{sid}").json()["kernel_restarts"] == 1
 
