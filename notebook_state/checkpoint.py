@@ -25,7 +25,6 @@ from .types import Channel, JSONDict
 
 log = logging.getLogger(__name__)
 
-INSTALL_CODE = "__import__('notebook_state.capture').capture.install()"
 ENVELOPE_FORMAT = 1
 
 
@@ -111,6 +110,17 @@ class Checkpointer:
         self.timeout = timeout
         self.ttl = ttl
 
+    def auto_dir(self, kernel: Kernel) -> Path:
+        return self.runtime_dir / f"auto-{kernel.id}"
+
+    async def install(self, kernel: Kernel, timeout: float) -> None:
+        """Load the capture module into a new kernel, writing each cell's checkpoint into its auto dir."""
+        code = f"__import__('notebook_state.capture').capture.install(auto_dir={str(self.auto_dir(kernel))!r})"
+        await run_in_kernel(kernel, code, timeout)
+
+    def forget(self, kernel: Kernel) -> None:
+        shutil.rmtree(self.auto_dir(kernel), ignore_errors=True)
+
     def _workdir(self, kind: str) -> Path:
         path = self.runtime_dir / f"{kind}-{uuid.uuid4().hex[:12]}"
         path.mkdir(mode=0o700)
@@ -124,7 +134,8 @@ class Checkpointer:
         started = time.perf_counter()
         for full in (False, True):
             try:
-                manifest, blobs = await self._capture(kernel, full)
+                taken = None if full else await asyncio.to_thread(_take_auto, self.auto_dir(kernel))
+                manifest, blobs = taken or await self._capture(kernel, full)
             except (CheckpointError, TimeoutError, OSError, ValueError) as exc:
                 outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint failed: {exc}")
                 state.last = outcome
@@ -268,6 +279,23 @@ def _read_capture(out: Path) -> tuple[JSONDict, dict[str, bytes]]:
         if group.get("written"):
             blobs[gid] = (out / f"{gid}.bin").read_bytes()
     return manifest, blobs
+
+
+def _take_auto(auto_dir: Path) -> tuple[JSONDict, dict[str, bytes]] | None:
+    """The checkpoint the kernel wrote as its last cell ended, if any; consumed (and older ones dropped)."""
+    try:
+        entries = sorted(auto_dir.iterdir())
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    try:
+        return _read_capture(entries[-1])
+    except (CheckpointError, OSError, ValueError):
+        return None
+    finally:
+        for entry in entries:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _write_restore(in_dir: Path, manifest: JSONDict, blobs: dict[str, bytes]) -> None:

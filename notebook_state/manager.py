@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from typing import TypeVar
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .checkpoint import INSTALL_CODE, Checkpointer, run_in_kernel
+from .checkpoint import Checkpointer, run_in_kernel
 from .errors import (
     CheckpointRejected,
     Draining,
@@ -49,6 +50,16 @@ T = TypeVar("T")
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_CALL_TIMEOUT = 10.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _scratch_parent() -> str | None:
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * 1024**3:
+            return str(shm)
+    except OSError:
+        pass
+    return None
 
 
 def validate_session_id(session_id: str) -> str:
@@ -78,8 +89,9 @@ class SessionManager:
         self._url = url
         self.kernel_specs = KernelSpecManager()
         self._context = zmq.asyncio.Context()
-        # Unix socket paths are limited to ~107 bytes, so kernels' sockets live in a short private directory.
-        self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-"))
+        # Unix socket paths are limited to ~107 bytes, so kernels' sockets (and the checkpoints they hand
+        # over) live in a short private directory, in memory when there is room.
+        self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-", dir=_scratch_parent()))
         self._env_prefix = env_prefix
         self.checkpointer = Checkpointer(
             store, signer, self._runtime_dir, settings.checkpoint_timeout, settings.session_ttl
@@ -109,7 +121,7 @@ class SessionManager:
         )
         if self.settings.checkpoint and name == self.settings.kernel_name:
             try:
-                await run_in_kernel(kernel, INSTALL_CODE, self.settings.kernel_startup_timeout)
+                await self.checkpointer.install(kernel, self.settings.kernel_startup_timeout)
             except Exception:
                 await kernel.shutdown(now=True)
                 raise

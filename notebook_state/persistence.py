@@ -46,6 +46,10 @@ class Persistence:
         """Load the last committed checkpoint into a fresh kernel of this session."""
         return await self.checkpointer.restore(self.session_id, kernel, self.state)
 
+    def forget(self, kernel: Kernel) -> None:
+        """The kernel is gone: drop whatever checkpoints it left in its hand-over directory."""
+        self.checkpointer.forget(kernel)
+
     async def flush(self) -> bool:
         """Retry a pending commit; True once nothing is pending."""
         if self.lost:

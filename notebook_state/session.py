@@ -267,6 +267,8 @@ class Session:
         self.cells.reset()
         self.broadcast_status("restarting")
         asyncio.get_running_loop().create_task(old.shutdown(now=True))
+        if self.persistence is not None:
+            self.persistence.forget(old)
         try:
             new = await self._acquire()
         except Exception:
@@ -339,6 +341,8 @@ class Session:
                 close(1000 if dead else 1012, "kernel shut down" if dead else "session moved")
         with contextlib.suppress(Exception):
             await kernel.shutdown(now=not dead)
+        if self.persistence is not None:
+            self.persistence.forget(kernel)
 
     # -- views -------------------------------------------------------------------------------------------
 

@@ -58,8 +58,17 @@ def _unregister(shell: Any, tracker: Tracker) -> None:
             shell.events.unregister(event, callback)
 
 
-def install(shell: Any = None) -> None:
-    """Install the tracker on ``shell`` (``get_ipython()`` by default). Idempotent."""
+def install(shell: Any = None, auto_dir: str | None = None) -> None:
+    """Install the tracker on ``shell`` (``get_ipython()`` by default). Idempotent.
+
+    With ``auto_dir``, every cell's checkpoint is written into ``auto_dir/<seq>/`` as the cell ends (in
+    post_run_cell, before the kernel replies), so the service needs no extra request to get it.
+    """
+    from . import tracker as tracker_module
+
+    if auto_dir is not None:
+        os.makedirs(auto_dir, mode=0o700, exist_ok=True)
+        tracker_module.AUTO_DIR = auto_dir
     tracker_of(shell)
 
 

@@ -18,6 +18,9 @@ from .serialize import serialize, write_blob
 
 FORMAT = 1
 MAX_CHAIN = 50
+# Where post_run_cell writes each cell's checkpoint (set by ``install``): the service picks it up once the
+# cell's reply arrives, so a checkpoint costs no extra round trip to the kernel.
+AUTO_DIR: str | None = None
 _STAMP = 100_000  # statements kept per name for replay (augmented assignments accumulate)
 
 
@@ -110,6 +113,14 @@ class Tracker:
         except Exception as exc:
             self.conservative = True
             self.errors.append(f"post_run_cell: {_error(exc)}")
+        if AUTO_DIR is not None:
+            out = os.path.join(AUTO_DIR, f"{self.seq:010d}")
+            try:
+                os.mkdir(out, 0o700)
+            except OSError as exc:
+                self.errors.append(f"auto checkpoint: {_error(exc)}")
+                return
+            self.checkpoint(out)
 
     # -- checkpoint -------------------------------------------------------------------------------------
 
