@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
 import socket
+import sys
 from typing import Any
 
 import uvicorn
@@ -72,7 +74,20 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
+def forbid_inspection_by_kernels() -> None:
+    """Kernels run user code as this process's user; make this process non-dumpable so that code cannot read
+    the service's environment or memory (tokens, the Redis password, the signing key) through /proc."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_dumpable = 4
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("could not make the service process non-dumpable")
+
+
 def serve(settings: Settings) -> None:
+    forbid_inspection_by_kernels()
     app = create_app(settings)
     sock = listening_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
