@@ -132,16 +132,26 @@ class RedisStore:
         return await self._call(run)
 
     async def list_sessions(self) -> list[SessionRecord]:
-        raw_ids: list[Any] = await self._call(lambda: self._redis.zrange(INDEX, 0, -1))
-        ids = [bytes(i).decode() for i in raw_ids]
-        records = []
-        for session_id in ids:
-            record = await self.get(session_id)
-            if record is None:  # expired: prune the index lazily
-                await self._call(lambda sid=session_id: self._redis.zrem(INDEX, sid))  # type: ignore[misc]
-            else:
-                records.append(record)
-        return records
+        async def run() -> list[SessionRecord]:
+            raw: list[Any] = await self._redis.zrange(INDEX, 0, -1)
+            ids = [bytes(i).decode() for i in raw]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in ids:
+                    pipe.hgetall(_k(session_id, "meta"))
+                    pipe.hgetall(_k(session_id, "lease"))
+                found = await pipe.execute()
+            records, expired = [], []
+            for i, session_id in enumerate(ids):
+                meta, lease = found[2 * i], found[2 * i + 1]
+                if meta:
+                    records.append(SessionRecord.from_fields(session_id, _decode(meta), _lease(lease)))
+                else:
+                    expired.append(session_id)
+            if expired:  # their keys expired: prune the index
+                await self._redis.zrem(INDEX, *expired)
+            return records
+
+        return await self._call(run)
 
     async def delete(self, session_id: str) -> None:
         async def run() -> None:
