@@ -28,14 +28,17 @@ MAX_OBJECTS = 1_000_000
 MAX_REFERENTS = 20_000_000
 
 
+_module_dicts: tuple[int, frozenset[int]] = (-1, frozenset())
+
+
 def skip_ids(ns: dict[str, Any], *extra: object) -> set[int]:
     """Ids never entered: the user namespace, every module's globals dict, and ``extra`` objects (the shell)."""
-    ids = {id(ns), *(id(o) for o in extra)}
-    for mod in list(sys.modules.values()):
-        d = getattr(mod, "__dict__", None)
-        if d is not None:
-            ids.add(id(d))
-    return ids
+    global _module_dicts
+    modules = list(sys.modules.values())
+    if _module_dicts[0] != len(modules):  # walking ~1000 modules every cell costs more than the rest
+        dicts = (getattr(mod, "__dict__", None) for mod in modules)
+        _module_dicts = (len(modules), frozenset(id(d) for d in dicts if d is not None))
+    return {id(ns), *(id(o) for o in extra), *_module_dicts[1]}
 
 
 def _extra_referents(obj: Any) -> list[Any]:

@@ -54,6 +54,7 @@ class Tracker:
         self.errors: list[str] = []
         self._cell: list[Any] | None = None
         self._before: dict[str, int] = {}
+        self._after: dict[str, int] | None = None
 
     # -- names ------------------------------------------------------------------------------------------
 
@@ -63,14 +64,22 @@ class Tracker:
         hidden = self.shell.user_ns_hidden
         return not (name in hidden and self.ns.get(name) is hidden[name])
 
+    def _ids(self) -> dict[str, int]:
+        """Identity of every candidate user name. One pass, skipping ``_`` names cheaply: with history on,
+        IPython adds ``_i<n>``/``_<n>`` for every cell, so the namespace grows with the session."""
+        hidden = self.shell.user_ns_hidden
+        return {n: id(v) for n, v in self.ns.items() if n and n[0] != "_" and not (n in hidden and v is hidden[n])}
+
     def user_names(self) -> set[str]:
-        return {n for n in list(self.ns) if self.is_user_name(n)}
+        return set(self._ids())
 
     # -- IPython events ---------------------------------------------------------------------------------
 
     def pre_run_cell(self, info: Any) -> None:
         try:
-            self._before = {n: id(v) for n, v in list(self.ns.items())}
+            # The previous cell's closing snapshot serves as this cell's opening one: whatever changed in
+            # between (a frontend's silent execute) then shows up as rebound by this cell, which is safe.
+            self._before = self._after if self._after is not None else self._ids()
             source = getattr(info, "transformed_cell", None) or self.shell.transform_cell(info.raw_cell or "")
             cell = analyse_cell(source)
             if cell.conservative:
@@ -89,7 +98,8 @@ class Tracker:
             self.seq += 1
             ns, before = self.ns, self._before
             failed = getattr(result, "error_in_exec", None) is not None
-            rebound = {n for n, v in ns.items() if before.get(n) != id(v)} | (set(before) - set(ns))
+            after = self._after = self._ids()
+            rebound = {n for n, i in after.items() if before.get(n) != i} | (before.keys() - after.keys())
             self.pending |= rebound  # whatever changed identity is a candidate, however it was bound
             # Stamps order bindings across and within cells (statement i of cell n: n * 100_000 + i).
             base = self.seq * _STAMP
@@ -192,7 +202,7 @@ class Tracker:
         lost_now = {n for n in self.unserialisable if n not in current}
         for name in lost_now:
             self.unserialisable.pop(name)
-        restorable = set(self.name_gid) | set(self.modules) | {n for n in ns if not self.is_user_name(n)}
+        restorable = set(self.name_gid) | set(self.modules) | (set(ns) - current)
         replay, lost = plan(self.unserialisable, self.history, restorable, self.seqs, ns)
         self.known = current
         self.pending.clear()
