@@ -1,0 +1,260 @@
+"""KnativeSpawner: KubeSpawner's pod, run as one scale-to-zero Knative Service per user server.
+
+The pod is KubeSpawner's (image, resources, env with JUPYTERHUB_API_TOKEN..., profile list, volumes);
+:func:`hub.knativespawner.objects.make_knative_service` wraps it; this class is glue: it calls the API
+(:mod:`hub.knativespawner.client`), waits, and reports progress. KubeSpawner's pod/event reflectors are never
+started, so the hub needs RBAC on Knative Services only (hub/rbac.yaml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException
+from kubespawner import KubeSpawner
+from traitlets import Bool, Dict, Enum, Float, Integer, Unicode
+
+from .client import KnativeServices, make_api_client, poll_until
+from .objects import (
+    Gateway,
+    Obj,
+    Scaling,
+    dropped_fields,
+    failure_message,
+    make_knative_service,
+    readiness,
+    service_url,
+)
+
+T = TypeVar("T")
+Event = dict[str, Any]
+
+
+class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyped
+    """Spawn each user's server as a Knative Service (min-scale 0, max-scale 1) whose kernels run on the
+    Serverless Kernel Gateway."""
+
+    gateway_url = Unicode(help="The Serverless Kernel Gateway's URL, as the user's pod reaches it.").tag(config=True)
+    gateway_token = Unicode(help="The gateway's token as a value (prefer gateway_token_secret).").tag(config=True)
+    gateway_token_secret = Unicode(
+        help="Name of a Secret in the user namespace holding the gateway's token (key: gateway_token_secret_key)."
+    ).tag(config=True)
+    gateway_token_secret_key = Unicode("SKG_TOKEN", help="Key of the token in gateway_token_secret.").tag(config=True)
+    url_source = Enum(
+        ["address", "url"],
+        default_value="address",
+        help="Which URL the hub's proxy uses: status.address.url (cluster-local) or status.url (the route's).",
+    ).tag(config=True)
+    cluster_local = Bool(True, help="Label the Service cluster-local: no public route.").tag(config=True)
+    ready_timeout = Float(0.0, help="Seconds to wait for Ready=True; 0: start_timeout.").tag(config=True)
+    stop_timeout = Float(60.0, help="Seconds to wait for the deleted Service to be gone.").tag(config=True)
+    scale_to_zero_retention = Unicode("0s", help="Keep the last pod this long after traffic stops.").tag(config=True)
+    stable_window = Unicode("300s", help="Autoscaler window: idle time before scaling to zero.").tag(config=True)
+    revision_timeout_seconds = Integer(600, help="Longest request (and WebSocket) in seconds.").tag(config=True)
+    container_concurrency = Integer(0, help="In-flight requests per pod (0: unlimited).").tag(config=True)
+    extra_service_annotations = Dict(
+        value_trait=Unicode(), help="Annotations on the Knative Service (not its revisions)."
+    ).tag(config=True)
+
+    _clients: ClassVar[dict[tuple[object, str], ApiClient]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._events: list[Event] = []
+        self._new_event = asyncio.Event()
+        try:
+            super().__init__(*args, **kwargs)
+        except ConfigException:
+            # No in-cluster config and no kubeconfig: fine when the API server is given (k8s_api_host, e.g.
+            # `kubectl proxy`), since this spawner only uses its own client; KubeSpawner's CoreV1Api is unused.
+            if not self.k8s_api_host:
+                raise
+
+    # -- API access ------------------------------------------------------------------------------------------
+
+    @property
+    def services(self) -> KnativeServices:
+        key = (asyncio.get_running_loop(), self.k8s_api_host)
+        client = self._clients.get(key)
+        if client is None:
+            client = make_api_client(self.k8s_api_host, self.k8s_api_verify_ssl, self.k8s_api_ssl_ca_cert)
+            self._clients[key] = client
+        return KnativeServices(client, self.namespace, self.k8s_api_request_timeout)
+
+    @classmethod
+    async def close_clients(cls) -> None:
+        """Close the shared API clients (at hub shutdown, or the end of a test)."""
+        clients, cls._clients = list(cls._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Retry a call on transient errors (timeouts, connection errors, 429 and 5xx) with backoff."""
+        box: list[T] = []
+
+        async def attempt() -> bool | None:
+            try:
+                box.append(await call())
+                return True
+            except ApiException as e:
+                if e.status != 429 and (e.status is None or e.status < 500):
+                    raise
+                self.log.warning("%s: API server answered %s, retrying", what, e.status)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                self.log.warning("%s: %r, retrying", what, e)
+            return None
+
+        await poll_until(attempt, self.k8s_api_request_retry_timeout, what=what)
+        return box[0]
+
+    # -- the Service -----------------------------------------------------------------------------------------
+
+    @property
+    def service_name(self) -> str:
+        name: str = self.pod_name
+        return name
+
+    def _gateway(self) -> Gateway:
+        if not self.gateway_url:
+            raise ValueError("KnativeSpawner.gateway_url is not set: where do the user's kernels run?")
+        secret = (self.gateway_token_secret, self.gateway_token_secret_key) if self.gateway_token_secret else None
+        return Gateway(self.gateway_url, self.gateway_token or None, secret)
+
+    def _scaling(self) -> Scaling:
+        return Scaling(
+            window=self.stable_window,
+            scale_to_zero_retention=self.scale_to_zero_retention,
+            container_concurrency=self.container_concurrency,
+            timeout_seconds=self.revision_timeout_seconds,
+            response_start_timeout_seconds=min(300, self.revision_timeout_seconds),
+            idle_timeout_seconds=self.revision_timeout_seconds,
+        )
+
+    async def get_service_manifest_knative(self) -> Obj:
+        """The Knative Service for this server, from KubeSpawner's pod manifest."""
+        pod = await self.get_pod_manifest()
+        pod_dict: Obj = self.services.api_client.sanitize_for_serialization(pod)
+        dropped = dropped_fields(pod_dict)
+        if dropped:
+            self.log.warning("Knative Service %s leaves out: %s", self.service_name, ", ".join(dropped))
+        base_url = self.server.base_url if self.server else "/"
+        labels = self._build_common_labels(self._expand_all(self.extra_labels))
+        return make_knative_service(
+            self.service_name,
+            self.namespace,
+            pod_dict,
+            gateway=self._gateway(),
+            port=self.port,
+            labels=labels,
+            annotations=self._build_common_annotations(self._expand_all(self.extra_service_annotations)),
+            scaling=self._scaling(),
+            probe_path=base_url.rstrip("/") + "/api",
+            cluster_local=self.cluster_local,
+        )
+
+    # -- progress --------------------------------------------------------------------------------------------
+
+    def _emit(self, progress: int, message: str) -> None:
+        self.log.info("%s: %s", self.service_name, message)
+        self._events.append({"progress": progress, "message": message})
+        self._new_event.set()
+
+    async def progress(self) -> AsyncIterator[Event]:
+        """Events of the current start, as they happen, until start() ends."""
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            future = self._start_future
+            if future is None or future.done():
+                return
+            self._new_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_event.wait(), 1.0)
+
+    # -- the Spawner API -------------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Future[str]:
+        self._events = []
+        self._start_future = asyncio.ensure_future(self._start_service())
+        future: asyncio.Future[str] = self._start_future
+        return future
+
+    async def _start_service(self) -> str:
+        if self.enable_user_namespaces:
+            raise NotImplementedError("KnativeSpawner does not create namespaces: leave enable_user_namespaces off")
+        await self.load_user_options()
+        self._emit(0, f"Preparing Knative Service {self.namespace}/{self.service_name}")
+        body = await self.get_service_manifest_knative()
+        await self._retry(lambda: self.services.create_or_replace(body), f"create {self.service_name}")
+        self._emit(20, "Knative Service created, waiting for its revision to be Ready")
+        timeout = self.ready_timeout or self.start_timeout
+        try:
+            url = await poll_until(self._ready_url, timeout, what=f"Knative Service {self.service_name} Ready")
+        except TimeoutError as e:
+            raise TimeoutError(
+                f"Knative Service {self.namespace}/{self.service_name} was not Ready within {timeout:g} s "
+                f"(last status: {self._last_status}); see `kubectl -n {self.namespace} describe ksvc "
+                f"{self.service_name}`"
+            ) from e
+        self._emit(90, f"Knative Service Ready at {url}")
+        return url
+
+    _last_status = "no status yet"
+
+    async def _ready_url(self) -> str | None:
+        """The URL once Ready; None while pending; RuntimeError if Knative reports Ready=False."""
+        service = await self.services.get(self.service_name)
+        if service is None:
+            raise RuntimeError(f"Knative Service {self.service_name} disappeared while starting")
+        state = readiness(service)
+        if state == "failed":
+            raise RuntimeError(f"Knative Service {self.service_name} failed: {failure_message(service)}")
+        status = failure_message(service) if state == "pending" else "Ready"
+        if status != self._last_status:
+            self._last_status = status
+            self._emit(50, f"Knative Service: {status}")
+        if state != "ready":
+            return None
+        url = service_url(service, "url" if self.url_source == "url" else "address")
+        if url is None:
+            raise RuntimeError(f"Knative Service {self.service_name} is Ready but has no {self.url_source} URL")
+        return url
+
+    async def poll(self) -> int | None:
+        """None while the Service exists and is Ready (scaled to zero counts) or becoming so; 1 when gone/failed.
+
+        An API error is not taken for a dead server: None, and the next poll asks again.
+        """
+        try:
+            service = await self.services.get(self.service_name)
+        except (ApiException, TimeoutError, aiohttp.ClientError) as e:
+            self.log.warning("poll %s: %r; assuming it still runs", self.service_name, e)
+            return None
+        if service is None or (service.get("metadata") or {}).get("deletionTimestamp"):
+            return 1
+        if readiness(service) == "failed":
+            self.log.warning("Knative Service %s failed: %s", self.service_name, failure_message(service))
+            return 1
+        return None
+
+    async def stop(self, now: bool = False) -> None:
+        """Delete the Service; unless ``now``, wait until it (and, foreground, its revisions) is gone."""
+        name = self.service_name
+        await self._retry(lambda: self.services.delete(name), f"delete {name}")
+        if now:
+            return
+
+        async def gone() -> bool | None:
+            return True if await self.services.get(name) is None else None
+
+        await poll_until(gone, self.stop_timeout, what=f"Knative Service {name} deleted")
+
+    async def delete_forever(self) -> None:
+        """Nothing beyond stop(): this spawner creates no PVC or other per-user object."""

@@ -1,0 +1,1 @@
+"""A JupyterHub on one machine whose user servers run their kernels on a local gateway."""
