@@ -233,7 +233,7 @@ class Checkpointer:
         keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
         blobs = await self.store.load_blobs(session_id, list(keys.values()))
         lost: dict[str, str] = {}
-        good: dict[str, bytes] = {}
+        good: dict[str, list[bytes]] = {}
         for gid, key in keys.items():
             data = blobs.get(key)
             try:
@@ -298,7 +298,8 @@ def _take_auto(auto_dir: Path) -> tuple[JSONDict, dict[str, bytes]] | None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _write_restore(in_dir: Path, manifest: JSONDict, blobs: dict[str, bytes]) -> None:
-    for gid, data in blobs.items():
-        (in_dir / f"{gid}.bin").write_bytes(data)
+def _write_restore(in_dir: Path, manifest: JSONDict, blobs: dict[str, list[bytes]]) -> None:
+    for gid, chunks in blobs.items():
+        with open(in_dir / f"{gid}.bin", "wb") as f:
+            f.writelines(chunks)
     (in_dir / "manifest.json").write_text(json.dumps(manifest))

@@ -25,12 +25,13 @@ class Signer:
             raise ValueError("a signing key must be at least 16 bytes")
         self._key = key
 
-    def sign(self, session_id: str, data: bytes) -> str:
+    def sign(self, session_id: str, data: bytes | list[bytes]) -> str:
         mac = hmac.new(self._key, session_id.encode() + b"\0", hashlib.sha256)
-        mac.update(data)
+        for chunk in [data] if isinstance(data, bytes) else data:
+            mac.update(chunk)
         return mac.hexdigest()
 
-    def verify(self, session_id: str, data: bytes, signature: str, what: str) -> None:
+    def verify(self, session_id: str, data: bytes | list[bytes], signature: str, what: str) -> None:
         if not hmac.compare_digest(self.sign(session_id, data), signature):
             raise VerificationError(f"{what} of session {session_id!r} failed signature verification")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pickle
 import struct
 import sys
@@ -228,7 +229,8 @@ def write_blob(path: str, ser: Serialized) -> None:
 def load_blob(path: str, ns: dict[str, Any]) -> dict[str, Any]:
     """Read a blob into one writable buffer (arrays are rebuilt on it, not copied) and unpickle it."""
     with open(path, "rb") as f:
-        data = bytearray(f.read())
+        data = bytearray(os.fstat(f.fileno()).st_size)  # one copy: straight from the file into the buffer
+        f.readinto(data)
     view = memoryview(data)
     magic, code, nbuf, stream_len = _FIXED.unpack_from(view, 0)
     if magic != MAGIC or code not in _NAMES:

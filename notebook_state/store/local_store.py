@@ -198,14 +198,14 @@ class LocalStore:
 
         return await self._run(run)
 
-    async def load_blobs(self, session_id: str, keys: list[str]) -> dict[str, bytes]:
-        def run(db: sqlite3.Connection) -> dict[str, bytes]:
-            found: dict[str, bytes] = {}
+    async def load_blobs(self, session_id: str, keys: list[str]) -> dict[str, list[bytes]]:
+        def run(db: sqlite3.Connection) -> dict[str, list[bytes]]:
+            found: dict[str, list[bytes]] = {}
             for key in keys:
                 sql = "SELECT data FROM blobs WHERE session_id = ? AND key = ?"
                 row = db.execute(sql, (session_id, key)).fetchone()
                 if row is not None:
-                    found[key] = bytes(row[0])
+                    found[key] = [bytes(row[0])]
             return found
 
         return await self._run(run)

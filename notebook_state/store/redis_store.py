@@ -54,18 +54,29 @@ end
 return 1
 """
 
-# KEYS: epoch, manifest, meta, then n_keep blob keys to keep alive, then the blob keys to drop.
+# KEYS: epoch, manifest, meta, then nkeep blob keys to keep alive, ndrop to delete, and the small new blobs.
+# ARGV: epoch, manifest, sig, ttl, nkeep, ndrop, nfields, the meta fields as name/value pairs, the new blobs.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local ttl = ARGV[4]
+local nkeep, ndrop, nfields = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 redis.call('HSET', KEYS[2], 'data', ARGV[2], 'sig', ARGV[3])
-local nkeep = tonumber(ARGV[5])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 8, 7 + 2 * nfields, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 for i = 4, 3 + nkeep do redis.call('PEXPIRE', KEYS[i], ttl) end
-for i = 4 + nkeep, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 4 + nkeep, 3 + nkeep + ndrop do redis.call('DEL', KEYS[i]) end
+local arg = 8 + 2 * nfields
+for i = 4 + nkeep + ndrop, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('RPUSH', KEYS[i], ARGV[arg])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+  arg = arg + 1
+end
 return 1
 """
+
+# New blobs up to this size travel inside the commit script: one round trip for a typical cell.
+INLINE_BLOBS = 1024 * 1024
 
 
 def _k(session_id: str, part: str) -> str:
@@ -182,8 +193,10 @@ class RedisStore:
     async def commit(self, session_id: str, epoch: int, commit: Commit, ttl: float) -> None:
         ttl_ms = self._ttl_ms
 
+        inline = sum(len(b) for b in commit.blobs.values()) <= INLINE_BLOBS
+
         async def write_blobs() -> None:
-            if not commit.blobs:
+            if not commit.blobs or inline:
                 return
             # Blobs are content-addressed (group id + hash): writing one that is never referenced is harmless,
             # so they go first and the fenced manifest swap below is what makes the checkpoint current.
@@ -200,15 +213,19 @@ class RedisStore:
         await self._call(write_blobs)
         keep = [_blob_key(session_id, k) for k in commit.keep]
         drop = [_blob_key(session_id, k) for k in commit.drop]
-        keys = [_k(session_id, "epoch"), _k(session_id, "manifest"), _k(session_id, "meta"), *keep, *drop]
+        new = list(commit.blobs.items()) if inline else []
+        keys = [
+            _k(session_id, "epoch"), _k(session_id, "manifest"), _k(session_id, "meta"),
+            *keep, *drop, *(_blob_key(session_id, k) for k, _ in new),
+        ]  # fmt: skip
         fields = commit.record.to_fields()
-        args: list[Any] = [epoch, commit.manifest, commit.manifest_sig, ttl_ms, len(keep)]
+        args: list[Any] = [epoch, commit.manifest, commit.manifest_sig, ttl_ms, len(keep), len(drop), len(fields)]
         for name, value in fields.items():
             args += [name, value]
+        args += [data for _, data in new]
         ok = await self._call(lambda: self._commit(keys=keys, args=args))
         if not ok:
             raise StaleEpoch(f"session {session_id!r}: epoch {epoch} is no longer current")
-        await self._call(lambda: self._redis.zadd(INDEX, {session_id: commit.record.created}))
 
     async def load_manifest(self, session_id: str) -> tuple[bytes, str] | None:
         found: list[Any] = await self._call(lambda: self._redis.hmget(_k(session_id, "manifest"), ["data", "sig"]))
@@ -217,13 +234,13 @@ class RedisStore:
             return None
         return bytes(data), sig.decode()
 
-    async def load_blobs(self, session_id: str, keys: list[str]) -> dict[str, bytes]:
-        async def run() -> dict[str, bytes]:
+    async def load_blobs(self, session_id: str, keys: list[str]) -> dict[str, list[bytes]]:
+        async def run() -> dict[str, list[bytes]]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.lrange(_blob_key(session_id, key), 0, -1)
                 results = await pipe.execute()
-            return {key: b"".join(chunks) for key, chunks in zip(keys, results, strict=True) if chunks}
+            return {key: chunks for key, chunks in zip(keys, results, strict=True) if chunks}
 
         return await self._call(run)
 
