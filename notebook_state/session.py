@@ -265,7 +265,11 @@ class Session:
             else:
                 del self._routes[msg_id]
         self.cells.reset()
-        self.broadcast_status("restarting")
+        if notice is not None:
+            # Only for a kernel that died or hung: JupyterLab takes an iopub "restarting" for the server's
+            # auto-restart ("the kernel appears to have died") and reconnects, as jupyter_server's restarter
+            # sends it; a restart the user asked for only shows starting, then idle.
+            self.broadcast_status("restarting")
         asyncio.get_running_loop().create_task(old.shutdown(now=True))
         if self.persistence is not None:
             self.persistence.forget(old)

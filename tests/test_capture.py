@@ -418,3 +418,30 @@ async def test_through_real_ipykernel(tmp_path: Path) -> None:
             if client is not None and manager is not None:
                 client.stop_channels()
                 await manager.shutdown_kernel(now=True)
+
+
+def test_numpy_views_stay_views(tmp_path: Path, fresh_shell: None) -> None:
+    nb = Notebook(tmp_path)
+    nb.run(
+        """
+        import numpy as np, pandas as pd
+        a = np.arange(100.0)
+        b = a[10:20]
+        r = a[::-3]
+        m = np.ones((5, 6))
+        cols = m[:, :3]
+        df = pd.DataFrame({"u": np.arange(50.0), "v": np.arange(50.0)})
+        col = df["u"]
+        """
+    )
+    nb.checkpoint()
+    ns, report = restore_fresh(nb.restore_dir())
+    assert report["lost"] == {}
+    import numpy as np
+
+    assert np.shares_memory(ns["a"], ns["b"]) and list(ns["b"]) == list(range(10, 20))
+    assert np.shares_memory(ns["a"], ns["r"]) and list(ns["r"]) == list(np.arange(100.0)[::-3])
+    assert np.shares_memory(ns["m"], ns["cols"]) and ns["cols"].shape == (5, 3)
+    assert np.shares_memory(ns["df"]["u"].to_numpy(), ns["col"].to_numpy())
+    ns["b"][0] = -1.0
+    assert ns["a"][10] == -1.0  # a write through the view shows in the array, as before the restore

@@ -98,9 +98,34 @@ def _make_rlock() -> Any:
     return threading.RLock()
 
 
+def _rebuild_view(root: Any, shape: Any, dtype: Any, offset: int, strides: Any, writeable: bool) -> Any:
+    import numpy as np
+
+    view = np.ndarray(shape, dtype, buffer=root, offset=offset, strides=strides)
+    view.flags.writeable = writeable and root.flags.writeable
+    return view
+
+
+def _view_reduce(obj: Any) -> Any:
+    """A numpy view pickles as (its root array, where it looks into it), so it is a view again after a
+    restore: ``b = a[2:5]`` keeps ``b.base is a`` and shared memory, as do pandas columns and slices."""
+    np = sys.modules.get("numpy")
+    if np is None or type(obj) is not np.ndarray or not isinstance(obj.base, np.ndarray):
+        return NotImplemented
+    root = obj.base
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root.base is not None or root.dtype.hasobject or obj.dtype.hasobject:
+        return NotImplemented  # memory owned by something else (bytes, mmap): pickle the values
+    offset = obj.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return (_rebuild_view, (root, obj.shape, obj.dtype, offset, obj.strides, bool(obj.flags.writeable)))
+
+
 def _refuse_or_reduce(obj: Any) -> Any:
-    """Reductions shared by both picklers: locks are re-created, open files are refused."""
+    """Reductions shared by both picklers: locks are re-created, open files are refused, views stay views."""
     t = type(obj)
+    if t.__name__ == "ndarray":
+        return _view_reduce(obj)
     if t is _LOCK_TYPE:
         return (_make_lock, (obj.locked(),))
     if t is _RLOCK_TYPE:
