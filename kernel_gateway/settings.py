@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         "the same one. Unset with the embedded store: one is generated in the data dir.",
     )
     checkpoint: bool = Field(True, description="Checkpoint every session after each cell.")
+    preload_modules: list[str] = Field(
+        ["numpy", "pandas"],
+        description="Modules imported (not bound) into warm kernels ahead of use, when installed: first imports "
+        "and restores that need them are then instant. Costs memory per pooled kernel.",
+    )
     checkpoint_timeout: float = Field(120.0, gt=0, description="Seconds a checkpoint or restore may take.")
     lease_ttl: float = Field(15.0, gt=0, description="Seconds a replica's lease on a session lasts unrenewed.")
     session_ttl: float = Field(

@@ -119,12 +119,22 @@ class SessionManager:
         kernel = await start_kernel(
             name, self._context, self._runtime_dir, self._env_prefix, self.settings.kernel_startup_timeout, env
         )
-        if self.settings.checkpoint and name == self.settings.kernel_name:
-            try:
+        if name != self.settings.kernel_name:
+            return kernel
+        try:
+            if self.settings.checkpoint:
                 await self.checkpointer.install(kernel, self.settings.kernel_startup_timeout)
-            except Exception:
-                await kernel.shutdown(now=True)
-                raise
+            if self.settings.preload_modules:
+                # Imported, not bound: a session's first `import pandas` (or a restore that needs it) is instant.
+                names = tuple(self.settings.preload_modules)
+                code = (
+                    f"[__import__('importlib').import_module(m) for m in {names!r} "
+                    "if __import__('importlib.util').util.find_spec(m)]"
+                )
+                await run_in_kernel(kernel, code, self.settings.kernel_startup_timeout)
+        except Exception:
+            await kernel.shutdown(now=True)
+            raise
         return kernel
 
     # -- kernelspecs -------------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ class ManagerSettings(Protocol):
     def checkpoint(self) -> bool: ...
 
     @property
+    def preload_modules(self) -> list[str]: ...
+
+    @property
     def checkpoint_timeout(self) -> float: ...
 
     @property

@@ -275,3 +275,10 @@ def test_kernel_dying_while_idle_is_reported_on_next_call(tight_service: Service
         assert after["status"] == "ok"
         assert after["kernel_restarted"] is True
         assert any("exited" in n for n in after["notices"])
+
+
+def test_warm_kernels_preload_modules_without_binding_them(client: httpx.Client) -> None:
+    body = client.post(
+        "/execute", json={"code": "import sys\n('pandas' in sys.modules, 'pandas' in dir(), 'pd' in dir())"}
+    )
+    assert body.json()["outputs"][0]["data"] == {"text/plain": "(True, False, False)"}
