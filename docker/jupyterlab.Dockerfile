@@ -12,7 +12,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 
 # The user: uid 1000 / gid 100 (users), as in the Jupyter Docker Stacks and KubeSpawner's defaults.
-RUN pip install --no-cache-dir "jupyterlab==4.6.6" "dumb-init==1.2.5.post1" \
+RUN pip install --no-cache-dir "jupyterlab==4.6.6" "jupyterhub==6.1.1" "dumb-init==1.2.5.post1" \
     && useradd --no-log-init --uid 1000 --gid 100 --create-home --home-dir /home/jovyan --shell /bin/bash jovyan
 
 COPY --chmod=0755 docker/start-jupyterlab.sh /usr/local/bin/start-jupyterlab.sh

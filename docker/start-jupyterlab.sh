@@ -9,6 +9,7 @@
 #   SKG_GATEWAY_REQUEST_TIMEOUT                        seconds a gateway request may take (default 120: a
 #                                                      Knative cold start from zero adds seconds)
 #   SKG_START_DRY_RUN=1                                print the command instead of running it
+#   JUPYTERHUB_API_TOKEN                               set by JupyterHub: run jupyterhub-singleuser instead
 # Arguments: --print-command (same as SKG_START_DRY_RUN=1); every other argument is passed to `jupyter lab`.
 set -euo pipefail
 
@@ -50,8 +51,14 @@ if ! [[ "$request_timeout" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
   exit 2
 fi
 
+# Spawned by JupyterHub (KnativeSpawner, KubeSpawner): the hub-authenticated single-user server, same options.
+if [[ -n "${JUPYTERHUB_API_TOKEN:-}" ]]; then
+  launcher=(jupyterhub-singleuser)
+else
+  launcher=(jupyter lab)
+fi
 cmd=(
-  jupyter lab
+  "${launcher[@]}"
   --no-browser
   --ip=0.0.0.0
   "--port=${port}"

@@ -418,3 +418,12 @@ def test_start_execs_jupyter_lab(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     executed = ["jupyter", *proc.stdout.splitlines()]
     assert executed == printed_command(run_start(env, "--print-command", "--LabApp.x=1"))
+
+
+def test_start_under_jupyterhub_runs_the_single_user_server() -> None:
+    env = {"SKG_GATEWAY_URL": "http://gw:8080", "SKG_GATEWAY_TOKEN": "t", "JUPYTERHUB_API_TOKEN": "hub"}
+    cmd = printed_command(run_start(env, "--print-command"))
+    assert cmd[0] == "jupyterhub-singleuser"
+    assert "--gateway-url=http://gw:8080" in cmd
+    alone = printed_command(run_start({"SKG_GATEWAY_URL": "http://gw:8080"}, "--print-command"))
+    assert alone[:2] == ["jupyter", "lab"]
