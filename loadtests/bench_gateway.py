@@ -294,7 +294,7 @@ class Target:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=REQUEST_TIMEOUT)
 
 
-def start_ours(data_dir: Path, pool_size: int, token: str) -> Target:
+def start_ours(data_dir: Path, pool_size: int, token: str, checkpoint: bool = True) -> Target:
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -312,6 +312,7 @@ def start_ours(data_dir: Path, pool_size: int, token: str) -> Target:
         str(pool_size),
         "--shutdown-grace",
         "5",
+        *([] if checkpoint else ["--no-checkpoint"]),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = ManagedProcess.start("serverless-kernel-gateway", cmd, env, cwd=data_dir)
@@ -777,6 +778,7 @@ class Config:
     quick: bool
     jkg_venv: Path
     output: Path
+    checkpoint: bool = True
 
 
 def parse_args(argv: Sequence[str]) -> Config:
@@ -799,6 +801,11 @@ def parse_args(argv: Sequence[str]) -> Config:
     )
     parser.add_argument("--pool-size", type=int, default=2, help="warm pool of the service under test (2)")
     parser.add_argument("--skip-jkg", action="store_true", help="skip the jupyter-kernel-gateway comparison")
+    parser.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="run our service without per-cell checkpoints (the gateway alone; bench_state measures checkpoints)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 runs, 1 s per level, 5 samples")
     parser.add_argument(
         "--jkg-venv", type=Path, default=DEFAULT_JKG_VENV, help=f"venv for jupyter-kernel-gateway ({DEFAULT_JKG_VENV})"
@@ -817,6 +824,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         quick=quick,
         jkg_venv=args.jkg_venv.resolve(),
         output=args.output,
+        checkpoint=not args.no_checkpoint,
     )
     if not 1 <= config.runs <= 100_000 or not 0 <= config.warmup <= 10_000:
         parser.error("--runs must be in [1, 100000], --warmup in [0, 10000]")
@@ -957,7 +965,7 @@ class Bench:
 
     def start_ours(self) -> tuple[Target, httpx.Client]:
         progress(f"starting our service (pool size {self.config.pool_size})")
-        ours = start_ours(self.workdir / "skg", self.config.pool_size, self.token)
+        ours = start_ours(self.workdir / "skg", self.config.pool_size, self.token, self.config.checkpoint)
         self.stack.callback(ours.process.stop)
         client = self.stack.enter_context(ours.client())
         wait_http_ok(ours.process, ours.url + "/readyz", ours.headers, STARTUP_TIMEOUT)
@@ -965,6 +973,7 @@ class Bench:
             "url": ours.url,
             "pid": ours.process.pid,
             "pool_size": self.config.pool_size,
+            "checkpoint_per_cell": self.config.checkpoint,
             "kernelspec_argv": kernelspec_argv(client),
         }
         return ours, client
