@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -20,10 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .checkpoint import Checkpointer, run_in_kernel
+from .checkpoint import Checkpointer
 from .errors import (
     CheckpointRejected,
     Draining,
@@ -36,7 +34,9 @@ from .errors import (
     StoreDown,
 )
 from .execution import ExecutionResult, OutputCallback
-from .kernel import Kernel, start_kernel
+from .housekeeping import evict_idle, keep_leases
+from .kernel import Kernel
+from .kernel_factory import KernelFactory, scratch_parent
 from .persistence import Persistence
 from .pool import KernelPool
 from .session import Session
@@ -48,18 +48,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_ENV_CALL_TIMEOUT = 10.0
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _scratch_parent() -> str | None:
-    shm = Path("/dev/shm")
-    try:
-        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * 1024**3:
-            return str(shm)
-    except OSError:
-        pass
-    return None
 
 
 def validate_session_id(session_id: str) -> str:
@@ -88,15 +76,14 @@ class SessionManager:
         self.replica_id = uuid.uuid4().hex[:12]
         self._url = url
         self.kernel_specs = KernelSpecManager()
-        self._context = zmq.asyncio.Context()
         # Unix socket paths are limited to ~107 bytes, so kernels' sockets (and the checkpoints they hand
         # over) live in a short private directory, in memory when there is room.
-        self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-", dir=_scratch_parent()))
-        self._env_prefix = env_prefix
+        self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-", dir=scratch_parent()))
         self.checkpointer = Checkpointer(
             store, signer, self._runtime_dir, settings.checkpoint_timeout, settings.session_ttl
         )
-        self.pool = KernelPool(self._start_kernel, settings.kernel_name, settings.pool_size)
+        self.kernels = KernelFactory(settings, self._runtime_dir, env_prefix, self.checkpointer)
+        self.pool = KernelPool(self.kernels.start, settings.kernel_name, settings.pool_size)
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.restores = 0
@@ -111,31 +98,9 @@ class SessionManager:
         self.check_kernel_name(self.settings.kernel_name)
         self.pool.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._keep_leases()))
+        self._tasks.append(loop.create_task(keep_leases(self)))
         if self.settings.evict_idle_after > 0:
-            self._tasks.append(loop.create_task(self._evict_idle()))
-
-    async def _start_kernel(self, name: str, env: Mapping[str, str] | None) -> Kernel:
-        kernel = await start_kernel(
-            name, self._context, self._runtime_dir, self._env_prefix, self.settings.kernel_startup_timeout, env
-        )
-        if name != self.settings.kernel_name:
-            return kernel
-        try:
-            if self.settings.checkpoint:
-                await self.checkpointer.install(kernel, self.settings.kernel_startup_timeout)
-            if self.settings.preload_modules:
-                # Imported, not bound: a session's first `import pandas` (or a restore that needs it) is instant.
-                names = tuple(self.settings.preload_modules)
-                code = (
-                    f"[__import__('importlib').import_module(m) for m in {names!r} "
-                    "if __import__('importlib.util').util.find_spec(m)]"
-                )
-                await run_in_kernel(kernel, code, self.settings.kernel_startup_timeout)
-        except Exception:
-            await kernel.shutdown(now=True)
-            raise
-        return kernel
+            self._tasks.append(loop.create_task(evict_idle(self)))
 
     # -- kernelspecs -------------------------------------------------------------------------------------
 
@@ -165,7 +130,7 @@ class SessionManager:
         if epoch is None:
             raise SessionExists(sid)
         try:
-            session = await self._open(record, epoch, self._kernel_env(env or {}))
+            session = await self._open(record, epoch, self.kernels.allowed_env(env or {}))
             self.sessions[sid] = session
         except BaseException:
             with contextlib.suppress(StoreUnavailable):
@@ -179,7 +144,7 @@ class SessionManager:
 
         async def acquire() -> Kernel:
             kernel = await self.pool.acquire(name, env)
-            await self._apply_env(kernel, env)
+            await self.kernels.apply_env(kernel, env)
             return kernel
 
         kernel = await acquire()
@@ -249,13 +214,13 @@ class SessionManager:
             try:
                 report = await self.checkpointer.restore(sid, session.kernel, session.persistence.state)
             except VerificationError as exc:
-                await self._drop(session, release=True)
+                await self.drop(session, release=True)
                 raise CheckpointRejected(f"{exc}; refusing to load it") from exc
             except StoreUnavailable as exc:
-                await self._drop(session, release=False)
+                await self.drop(session, release=False)
                 raise StoreDown(f"state store unreachable: {exc}") from exc
             except Exception:
-                await self._drop(session, release=True)
+                await self.drop(session, release=True)
                 raise
             if report is not None:
                 self.restores += 1
@@ -274,18 +239,6 @@ class SessionManager:
             return await op
         except StoreUnavailable as exc:
             raise StoreDown(f"the state store is unreachable: {exc}") from exc
-
-    def _kernel_env(self, env: Mapping[str, str]) -> dict[str, str]:
-        prefix = self.settings.allowed_kernel_env_prefix
-        return {k: str(v) for k, v in env.items() if k.startswith(prefix) and _ENV_NAME.match(k)}
-
-    async def _apply_env(self, kernel: Kernel, env: Mapping[str, str]) -> None:
-        # A pooled kernel was started before the request named its environment, so set it in the process
-        # (os.environ also feeds any child process the user starts).
-        if not env or kernel.name != self.pool.kernel_name:
-            return
-        code = f"__import__('os').environ.update({dict(env)!r})"
-        await run_in_kernel(kernel, code, _ENV_CALL_TIMEOUT)
 
     def get(self, session_id: str) -> Session:
         """A session live on this replica (no store lookup)."""
@@ -315,7 +268,7 @@ class SessionManager:
                 code, timeout, self.settings.output_limit, self.settings.interrupt_grace, on_output
             )
         except LeaseLost:
-            await self._drop(session, release=False)
+            await self.drop(session, release=False)
             raise
 
     async def checkpoint_now(self, session: Session) -> dict[str, object]:
@@ -337,7 +290,7 @@ class SessionManager:
         await self._store(self.store.delete(session_id))
         log.info("session %s deleted", session_id)
 
-    async def _drop(self, session: Session, release: bool, dead: bool = False) -> None:
+    async def drop(self, session: Session, release: bool, dead: bool = False) -> None:
         """Stop serving a session here (its state stays in the store)."""
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
@@ -352,43 +305,11 @@ class SessionManager:
             return False
         if not await session.persistence.flush():
             return False
-        await self._drop(session, release=True)
+        await self.drop(session, release=True)
         log.info("session %s evicted to the store", session.id)
         return True
 
     # -- housekeeping ------------------------------------------------------------------------------------
-
-    async def _keep_leases(self) -> None:
-        interval = max(self.settings.lease_ttl / 3, 0.2)
-        while True:
-            await asyncio.sleep(interval)
-            for session in list(self.sessions.values()):
-                persistence = session.persistence
-                if persistence is None:
-                    continue
-                try:
-                    ok = await self.store.renew(
-                        session.id, self.replica_id, self.url, persistence.epoch, self.settings.lease_ttl
-                    )
-                    if ok and persistence.pending:
-                        ok = await persistence.flush() or not persistence.lost
-                except StoreUnavailable:
-                    continue  # keep serving what we own; commits stay pending until the store is back
-                if not ok:
-                    log.warning("session %s: lease lost to another replica; dropping it here", session.id)
-                    persistence.lost = True
-                    await self._drop(session, release=False)
-
-    async def _evict_idle(self) -> None:
-        after = self.settings.evict_idle_after
-        interval = min(max(after / 4, 0.5), 30.0)
-        while True:
-            await asyncio.sleep(interval)
-            now = time.time()
-            for session in list(self.sessions.values()):
-                if now - session.last_activity >= after:
-                    with contextlib.suppress(Exception):
-                        await self.evict(session)
 
     async def wait_idle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for running cells (and their checkpoints) to finish (SIGTERM drain)."""
@@ -409,7 +330,7 @@ class SessionManager:
             if session.persistence is not None:
                 with contextlib.suppress(Exception):
                     await session.persistence.flush()
-        await asyncio.gather(*(self._drop(s, release=True) for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(self.drop(s, release=True) for s in sessions), return_exceptions=True)
         await self.pool.close()
-        self._context.destroy(linger=0)
+        self.kernels.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)

@@ -8,22 +8,20 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from .cells import CellQueue
 from .checkpoint import CheckpointOutcome, RestoreReport
 from .errors import LeaseLost
-from .execution import CellRun, ExecutionResult, ExecutionStatus, OutputCallback
-from .kernel import Kernel, KernelDied, KernelState
+from .execution import CellRun, ExecutionResult, OutputCallback
+from .kernel import Kernel, KernelState
 from .persistence import Persistence
+from .rest_cell import KERNEL_DIED_NOTICE, run_rest_cell
 from .types import Channel, JSONDict, KernelMessage, Subscriber
 
 log = logging.getLogger(__name__)
 
 KernelSource = Callable[[], Awaitable[Kernel]]
 
-KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
-TIMEOUT_RESTART_NOTICE = "the cell did not stop after an interrupt, so its kernel was replaced"
 STATE_LOST_NOTICE = "the session's variables were lost (no checkpoint to restore)"
 
 
@@ -148,7 +146,7 @@ class Session:
             log.warning("session %s: lease lost; this replica stops serving it", self.id)
             raise
 
-    # -- REST execution ----------------------------------------------------------------------------------
+    # -- REST execution (notebook_state.rest_cell) -------------------------------------------------------
 
     async def execute(
         self,
@@ -159,78 +157,31 @@ class Session:
         on_output: OutputCallback | None = None,
     ) -> ExecutionResult:
         """Run one cell and return once its checkpoint committed (or is explicitly pending)."""
-        async with self.lock:
-            await self._kernel_ready.wait()
-            notices, self._pending_notices = self._pending_notices, []
-            restored, self._unreported_restore = self._unreported_restore, None
-            run = CellRun(output_limit, on_output)
-            msg = self.kernel.new_message(
-                Channel.SHELL,
-                "execute_request",
-                {
-                    "code": code,
-                    "silent": False,
-                    "store_history": True,
-                    "user_expressions": {},
-                    "allow_stdin": False,
-                    "stop_on_error": True,
-                },
-            )
-            self._routes[msg.msg_id] = run
-            self.last_activity = time.time()
-            checkpoint: asyncio.Future[Any] | None = None
-            try:
-                checkpoint = self.cells.submit(run, msg)
-                result = await self._await_cell(run, timeout, interrupt_grace)
-                outcome = await checkpoint if not run.kernel_died else None
-            except KernelDied:
-                run.abort()
-                result, outcome = run.result(self.id), None
-            finally:
-                self._routes.pop(msg.msg_id, None)
-                self.last_activity = time.time()
-            if self.persistence is not None and self.persistence.lost:
-                raise LeaseLost(self.id)
-            if run.kernel_died and result.status is not ExecutionStatus.TIMEOUT:
-                result.status = ExecutionStatus.ERROR
-                result.error = {"ename": "KernelDied", "evalue": KERNEL_DIED_NOTICE, "traceback": []}
-                result.kernel_restarted = True
-                self._pending_notices = [n for n in self._pending_notices if n != KERNEL_DIED_NOTICE]
-            result.notices = notices + result.notices
-            if notices:
-                result.kernel_restarted = True
-            if isinstance(outcome, CheckpointOutcome):
-                result.checkpoint = outcome.to_json()
-            if restored is not None:
-                result.restored = restored.to_json()
-            return result
+        return await run_rest_cell(self, code, timeout, output_limit, interrupt_grace, on_output)
 
-    async def _await_cell(self, run: CellRun, timeout: float, interrupt_grace: float) -> ExecutionResult:
-        kernel = self.kernel
-        try:
-            await asyncio.wait_for(run.done.wait(), timeout)
-            return run.result(self.id)
-        except TimeoutError:
-            pass
-        await kernel.interrupt()
-        error: dict[str, Any] = {
-            "ename": "TimeoutError",
-            "evalue": f"the cell ran longer than {timeout:g} s and was interrupted",
-            "traceback": [],
-        }
-        try:
-            await asyncio.wait_for(run.done.wait(), interrupt_grace)
-            result = run.result(self.id)
-        except TimeoutError:
-            await self._replace_now(TIMEOUT_RESTART_NOTICE)
-            result = run.result(self.id)
-            result.kernel_restarted = True
-            result.notices.extend(self._pending_notices)
-            self._pending_notices.clear()
-            error["evalue"] += "; it did not stop, so its kernel was replaced"
-        result.status = ExecutionStatus.TIMEOUT
-        result.error = error
-        return result
+    def route(self, msg_id: str, subscriber: Subscriber) -> None:
+        self._routes[msg_id] = subscriber
+
+    def unroute(self, msg_id: str) -> None:
+        self._routes.pop(msg_id, None)
+
+    async def kernel_ready(self) -> None:
+        await self._kernel_ready.wait()
+
+    def take_notices(self) -> list[str]:
+        """What the next REST reply must tell its client (kernel deaths, restores), once."""
+        taken, self._pending_notices = self._pending_notices, []
+        return taken
+
+    def discard_notice(self, notice: str) -> None:
+        self._pending_notices = [n for n in self._pending_notices if n != notice]
+
+    def take_restore(self) -> RestoreReport | None:
+        restored, self._unreported_restore = self._unreported_restore, None
+        return restored
+
+    async def replace_kernel(self, notice: str | None) -> None:
+        await self._replace_now(notice)
 
     # -- kernel lifecycle --------------------------------------------------------------------------------
 

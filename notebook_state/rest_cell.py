@@ -1,0 +1,102 @@
+"""One REST cell on a session: send it through the session's cell queue, wait for it (interrupting, then
+replacing the kernel past its timeout), and answer once its checkpoint committed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from .checkpoint import CheckpointOutcome
+from .errors import LeaseLost
+from .execution import CellRun, ExecutionResult, ExecutionStatus, OutputCallback
+from .kernel import KernelDied
+from .types import Channel
+
+if TYPE_CHECKING:
+    from .session import Session
+
+KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
+TIMEOUT_RESTART_NOTICE = "the cell did not stop after an interrupt, so its kernel was replaced"
+
+
+async def run_rest_cell(
+    session: Session,
+    code: str,
+    timeout: float,
+    output_limit: int,
+    interrupt_grace: float,
+    on_output: OutputCallback | None = None,
+) -> ExecutionResult:
+    async with session.lock:  # REST cells of one session run one at a time
+        await session.kernel_ready()
+        notices = session.take_notices()
+        restored = session.take_restore()
+        run = CellRun(output_limit, on_output)
+        msg = session.kernel.new_message(
+            Channel.SHELL,
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,  # input() fails at once (StdinNotImplementedError) instead of hanging
+                "stop_on_error": True,
+            },
+        )
+        session.route(msg.msg_id, run)
+        session.last_activity = time.time()
+        try:
+            checkpoint = session.cells.submit(run, msg)
+            result = await _await_cell(session, run, timeout, interrupt_grace)
+            outcome = await checkpoint if not run.kernel_died else None
+        except KernelDied:
+            run.abort()
+            result, outcome = run.result(session.id), None
+        finally:
+            session.unroute(msg.msg_id)
+            session.last_activity = time.time()
+        if session.persistence is not None and session.persistence.lost:
+            raise LeaseLost(session.id)
+        if run.kernel_died and result.status is not ExecutionStatus.TIMEOUT:
+            result.status = ExecutionStatus.ERROR
+            result.error = {"ename": "KernelDied", "evalue": KERNEL_DIED_NOTICE, "traceback": []}
+            result.kernel_restarted = True
+            # This reply reports the death; what the replacement brings (a restore) goes to the next one.
+            session.discard_notice(KERNEL_DIED_NOTICE)
+        result.notices = notices + result.notices
+        if notices:
+            result.kernel_restarted = True
+        if isinstance(outcome, CheckpointOutcome):
+            result.checkpoint = outcome.to_json()
+        if restored is not None:
+            result.restored = restored.to_json()
+        return result
+
+
+async def _await_cell(session: Session, run: CellRun, timeout: float, interrupt_grace: float) -> ExecutionResult:
+    kernel = session.kernel
+    try:
+        await asyncio.wait_for(run.done.wait(), timeout)
+        return run.result(session.id)
+    except TimeoutError:
+        pass
+    await kernel.interrupt()
+    error: dict[str, Any] = {
+        "ename": "TimeoutError",
+        "evalue": f"the cell ran longer than {timeout:g} s and was interrupted",
+        "traceback": [],
+    }
+    try:
+        await asyncio.wait_for(run.done.wait(), interrupt_grace)
+        result = run.result(session.id)
+    except TimeoutError:
+        await session.replace_kernel(TIMEOUT_RESTART_NOTICE)
+        result = run.result(session.id)
+        result.kernel_restarted = True
+        result.notices.extend(session.take_notices())
+        error["evalue"] += "; it did not stop, so its kernel was replaced"
+    result.status = ExecutionStatus.TIMEOUT
+    result.error = error
+    return result
