@@ -170,6 +170,9 @@ def test_redis_outage_keeps_owned_sessions_running_with_pending_checkpoints(tmp_
             refused = httpx.post(f"{a.url}/sessions", headers=a.headers, timeout=30)
             assert refused.status_code == 503
             assert "unreachable" in refused.json()["message"]
+            ready = httpx.get(f"{a.url}/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["store"].startswith("unreachable")
             srv.start()
             deadline = time.monotonic() + 30
             committed = False

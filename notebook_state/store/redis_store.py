@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -96,6 +98,10 @@ class RedisStore:
             socket_connect_timeout=2,
             health_check_interval=10,
             decode_responses=False,
+            # A pooled connection that died with a Redis restart fails its next command: retry once on a
+            # fresh one before calling the store unavailable.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._ttl_ms = int(session_ttl * 1000)
         self._acquire = self._redis.register_script(_ACQUIRE)
