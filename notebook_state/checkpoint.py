@@ -12,6 +12,7 @@ import asyncio
 import enum
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -134,7 +135,7 @@ class Checkpointer:
         started = time.perf_counter()
         for full in (False, True):
             try:
-                taken = None if full else await asyncio.to_thread(_take_auto, self.auto_dir(kernel))
+                taken = None if full else await _take_auto_async(self.auto_dir(kernel))
                 manifest, blobs = taken or await self._capture(kernel, full)
             except (CheckpointError, TimeoutError, OSError, ValueError) as exc:
                 outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint failed: {exc}")
@@ -279,6 +280,27 @@ def _read_capture(out: Path) -> tuple[JSONDict, dict[str, bytes]]:
         if group.get("written"):
             blobs[gid] = (out / f"{gid}.bin").read_bytes()
     return manifest, blobs
+
+
+_INLINE_READ = 256 * 1024
+
+
+async def _take_auto_async(auto_dir: Path) -> tuple[JSONDict, dict[str, bytes]] | None:
+    """Read a typical cell's few-KB checkpoint (tmpfs) on the loop: a thread hop would cost more than the
+    read; a big one goes to a thread."""
+    try:
+        entries = sorted(os.scandir(auto_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    try:
+        size = sum(f.stat().st_size for f in os.scandir(entries[-1].path))
+    except OSError:
+        size = _INLINE_READ
+    if size < _INLINE_READ:
+        return _take_auto(auto_dir)
+    return await asyncio.to_thread(_take_auto, auto_dir)
 
 
 def _take_auto(auto_dir: Path) -> tuple[JSONDict, dict[str, bytes]] | None:
