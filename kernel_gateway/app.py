@@ -16,6 +16,7 @@ from notebook_state.store import LocalStore, RedisStore, StateStore
 from . import __version__, errors
 from .deps import Gateway
 from .limits import BodySizeLimit
+from .metrics import Metrics
 from .routes import channels, execute, jupyter, ops, sessions
 from .settings import ENV_PREFIX, Settings
 
@@ -44,9 +45,10 @@ def create_app(settings: Settings) -> FastAPI:
             listen_url: str | None = getattr(app.state, "listen_url", None)
             return listen_url or settings.public_url(settings.host, settings.port)
 
-        manager = SessionManager(settings, ENV_PREFIX, store, signer, url)
+        metrics = Metrics()
+        manager = SessionManager(settings, ENV_PREFIX, store, signer, url, observer=metrics)
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout, connect=2.0))
-        gw = Gateway(settings=settings, manager=manager, http=http)
+        gw = Gateway(settings=settings, manager=manager, http=http, metrics=metrics)
         gw.metrics.bind(
             lambda: len(manager.sessions),
             lambda: manager.pool.ready_count,

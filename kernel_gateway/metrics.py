@@ -36,6 +36,13 @@ class Metrics:
             "skg_forwards", "Requests forwarded to the replica that owns the session", registry=self.registry
         )
         self.restores = Counter("skg_restores", "Sessions restored onto this replica", registry=self.registry)
+        self.restore_seconds = Histogram(
+            "skg_restore_seconds", "Time to load, verify and restore a checkpoint", buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.checkpoints = Counter(
+            "skg_checkpoints", "Checkpoints taken, by whether they committed", ["status"], registry=self.registry
+        )
         self.checkpoint_bytes = Histogram(
             "skg_checkpoint_written_bytes",
             "Bytes a checkpoint wrote",
@@ -49,6 +56,16 @@ class Metrics:
         self.leases = Gauge("skg_leases_held", "Session leases this replica holds", registry=self.registry)
         self.sessions = Gauge("skg_sessions", "Sessions on this replica", registry=self.registry)
         self.pool_ready = Gauge("skg_pool_ready_kernels", "Warm kernels ready in the pool", registry=self.registry)
+
+    # StateObserver: checkpoints and restores from every face, as they happen.
+    def checkpointed(self, written_bytes: int, seconds: float, committed: bool) -> None:
+        self.checkpoint_bytes.observe(written_bytes)
+        self.checkpoint_seconds.observe(seconds)
+        self.checkpoints.labels("committed" if committed else "pending").inc()
+
+    def restored(self, seconds: float) -> None:
+        self.restores.inc()
+        self.restore_seconds.observe(seconds)
 
     def bind(self, sessions: Callable[[], float], pool_ready: Callable[[], float], leases: Callable[[], float]) -> None:
         """Read gauges from the live objects when scraped, rather than keeping counts in step by hand."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from .kernel import Kernel
 from .signing import Signer, VerificationError
 from .store import Commit, SessionRecord, StateStore, StoreUnavailable
-from .types import Channel, JSONDict
+from .types import Channel, JSONDict, StateObserver
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,16 @@ async def run_in_kernel(kernel: Kernel, code: str, timeout: float) -> None:
 
 
 class Checkpointer:
-    def __init__(self, store: StateStore, signer: Signer, runtime_dir: Path, timeout: float, ttl: float) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        signer: Signer,
+        runtime_dir: Path,
+        timeout: float,
+        ttl: float,
+        observer: StateObserver | None = None,
+    ) -> None:
+        self.observer = observer
         self.store = store
         self.signer = signer
         self.runtime_dir = runtime_dir
@@ -176,6 +185,9 @@ class Checkpointer:
         outcome.status = CheckpointStatus.COMMITTED if state.pending is None else CheckpointStatus.PENDING
         outcome.seconds = time.perf_counter() - started
         state.last = outcome
+        if self.observer is not None:
+            committed = outcome.status is CheckpointStatus.COMMITTED
+            self.observer.checkpointed(outcome.written_bytes, outcome.seconds, committed)
         return outcome
 
     async def flush(self, session_id: str, epoch: int, state: SessionCheckpoints) -> bool:
@@ -260,6 +272,8 @@ class Checkpointer:
         state.pending = None
         lost.update(report.get("lost", {}))
         lost.update(manifest.get("lost", {}))
+        if self.observer is not None:
+            self.observer.restored(time.perf_counter() - started)
         return RestoreReport(
             execution_count=int(report.get("execution_count", manifest.get("execution_count", 0)) or 0),
             restored=list(report.get("restored", [])),

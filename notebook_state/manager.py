@@ -42,7 +42,7 @@ from .pool import KernelPool
 from .session import Session
 from .signing import Signer, VerificationError
 from .store import SessionRecord, StateStore, StoreUnavailable
-from .types import ManagerSettings
+from .types import ManagerSettings, StateObserver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +70,7 @@ class SessionManager:
         signer: Signer,
         url: Callable[[], str],
         runtime_dir: Path | None = None,
+        observer: StateObserver | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -80,13 +81,12 @@ class SessionManager:
         # over) live in a short private directory, in memory when there is room.
         self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-", dir=scratch_parent()))
         self.checkpointer = Checkpointer(
-            store, signer, self._runtime_dir, settings.checkpoint_timeout, settings.session_ttl
+            store, signer, self._runtime_dir, settings.checkpoint_timeout, settings.session_ttl, observer
         )
         self.kernels = KernelFactory(settings, self._runtime_dir, env_prefix, self.checkpointer)
         self.pool = KernelPool(self.kernels.start, settings.kernel_name, settings.pool_size)
         self.sessions: dict[str, Session] = {}
         self.draining = False
-        self.restores = 0
         self._takeovers: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -223,7 +223,6 @@ class SessionManager:
                 await self.drop(session, release=True)
                 raise
             if report is not None:
-                self.restores += 1
                 session.set_restored(report)
                 log.info(
                     "session %s restored at execution count %d (%d restored, %d lost) in %.3f s",

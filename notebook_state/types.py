@@ -66,6 +66,14 @@ class KernelListener(Protocol):
     def on_kernel_died(self, kernel_id: str) -> None: ...
 
 
+class StateObserver(Protocol):
+    """Told of every checkpoint and restore, whichever face (REST or WebSocket) caused it: the metrics."""
+
+    def checkpointed(self, written_bytes: int, seconds: float, committed: bool) -> None: ...
+
+    def restored(self, seconds: float) -> None: ...
+
+
 class ManagerSettings(Protocol):
     """What the session manager needs to know from the service's settings."""
 

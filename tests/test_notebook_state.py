@@ -65,6 +65,10 @@ def test_idle_session_is_evicted_and_restored_on_next_use(tmp_path: Path) -> Non
         assert int(value(again)) == pid  # the variable came back from the store
         assert again["restored"] is not None
         assert "kernel_pid" in again["restored"]["restored"]
+        metrics = c.get("/metrics").text
+        assert "skg_restores_total 1.0" in metrics
+        assert 'skg_checkpoints_total{status="committed"}' in metrics
+        assert "skg_restore_seconds_count 1.0" in metrics
 
 
 def test_forced_checkpoint_and_session_details(tmp_path: Path) -> None:

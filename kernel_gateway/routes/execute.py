@@ -31,11 +31,6 @@ def _record(gw: Gateway, result: ExecutionResult, started: float, mode: str) -> 
     gw.metrics.execution_seconds.labels(mode).observe(time.perf_counter() - started)
     if result.kernel_restarted:
         gw.metrics.kernel_restarts.labels("died" if result.status.value == "error" else "timeout").inc()
-    if result.checkpoint is not None:
-        gw.metrics.checkpoint_bytes.observe(float(result.checkpoint.get("written_bytes", 0)))
-        gw.metrics.checkpoint_seconds.observe(float(result.checkpoint.get("seconds", 0)))
-    if result.restored is not None:
-        gw.metrics.restores.inc()
 
 
 async def _run(
