@@ -105,4 +105,5 @@ def serve(settings: Settings) -> None:
     server = DrainingServer(config, app)
     # Machine-readable, for tests and scripts that start the service on port 0.
     print(f"SKG_LISTENING http://{host}:{port}", flush=True)
-    asyncio.run(server.serve(sockets=[sock]))
+    # uvicorn picks the loop (uvloop where installed, as with uvicorn[standard]).
+    server.run(sockets=[sock])
