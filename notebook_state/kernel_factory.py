@@ -74,6 +74,11 @@ class KernelFactory:
         if not env or kernel.name != self.settings.kernel_name:
             return
         code = f"__import__('os').environ.update({dict(env)!r})"
+        workdir = env.get("KERNEL_WORKING_DIR")
+        if workdir:
+            # jupyter_server sends the notebook's directory; honour it where it exists on this machine (a
+            # gateway beside the notebook server), as Enterprise Gateway does.
+            code += f"\nif __import__('os').path.isdir({workdir!r}): __import__('os').chdir({workdir!r})"
         await run_in_kernel(kernel, code, _ENV_CALL_TIMEOUT)
 
     def close(self) -> None:

@@ -123,14 +123,16 @@ class SessionManager:
             raise Draining()
         sid = validate_session_id(session_id) if session_id else str(uuid.uuid4())
         name = self.check_kernel_name(kernel_name or self.settings.kernel_name)
-        record = SessionRecord(id=sid, kernel_name=name, created=time.time(), last_activity=time.time())
+        now = time.time()
+        allowed = self.kernels.allowed_env(env or {})
+        record = SessionRecord(id=sid, kernel_name=name, created=now, last_activity=now, env=allowed)
         if not await self._store(self.store.create(record)):
             raise SessionExists(sid)
         epoch = await self._store(self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl))
         if epoch is None:
             raise SessionExists(sid)
         try:
-            session = await self._open(record, epoch, self.kernels.allowed_env(env or {}))
+            session = await self._open(record, epoch, allowed)
             self.sessions[sid] = session
         except BaseException:
             with contextlib.suppress(StoreUnavailable):
@@ -209,7 +211,7 @@ class SessionManager:
             if lease is None:
                 raise StoreDown(f"session {sid!r}: could not take its lease")
             raise OwnedElsewhere(sid, lease.owner, lease.url, lease.epoch)
-        session = await self._open(record, epoch, {})
+        session = await self._open(record, epoch, record.env)
         if session.persistence is not None:
             try:
                 report = await self.checkpointer.restore(sid, session.kernel, session.persistence.state)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -89,6 +90,18 @@ def test_kernel_env_only_passes_kernel_variables(client: httpx.Client) -> None:
     out = client.post("/execute", json={"code": code, "session": kid}).json()
     assert out["outputs"][0]["data"]["text/plain"] == "['ada', None, None]"
     client.delete(f"/api/kernels/{kid}")
+
+
+def test_kernel_working_dir_is_honoured_where_it_exists(client: httpx.Client, tmp_path: Path) -> None:
+    for workdir, expected in ((tmp_path, str(tmp_path)), (tmp_path / "missing", None)):
+        kid = client.post("/api/kernels", json={"env": {"KERNEL_WORKING_DIR": str(workdir)}}).json()["id"]
+        out = client.post("/execute", json={"code": "import os\nos.getcwd()", "session": kid}).json()
+        cwd = out["outputs"][0]["data"]["text/plain"].strip("'")
+        if expected is None:
+            assert cwd != str(workdir)
+        else:
+            assert cwd == expected
+        client.delete(f"/api/kernels/{kid}")
 
 
 def test_kernel_process_holds_no_service_secrets(client: httpx.Client) -> None:

@@ -98,6 +98,16 @@ def test_kill_9_owner_then_b_resumes_with_all_state(tmp_path: Path, redis_srv: R
         assert owner_url(b, sid) == b.url
 
 
+def test_kernel_env_follows_the_session_to_another_replica(tmp_path: Path, redis_srv: RedisServer) -> None:
+    with replicas(tmp_path, redis_srv, 2) as (a, b):
+        r = httpx.post(f"{a.url}/api/kernels", json={"env": {"KERNEL_USERNAME": "ada"}}, headers=a.headers)
+        sid = r.json()["id"]
+        run(a, "x = 1", sid)
+        a.proc.kill()
+        a.proc.wait(10)
+        assert value(run(b, "import os\nos.environ.get('KERNEL_USERNAME')", sid)) == "'ada'"
+
+
 def test_sigterm_owner_hands_sessions_over(tmp_path: Path, redis_srv: RedisServer) -> None:
     with replicas(tmp_path, redis_srv, 2) as (a, b):
         sid = run(a, "kept = 'yes'")["session"]

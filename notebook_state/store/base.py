@@ -37,6 +37,7 @@ class SessionRecord:
     checkpoint_bytes: int = 0
     checkpoint_at: float | None = None
     variables: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the KERNEL_* variables its frontend asked for
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -47,6 +48,7 @@ class SessionRecord:
             "checkpoint_bytes": str(self.checkpoint_bytes),
             "checkpoint_at": repr(self.checkpoint_at) if self.checkpoint_at is not None else "",
             "variables": json.dumps(self.variables),
+            "env": json.dumps(self.env),
         }
 
     @classmethod
@@ -61,6 +63,7 @@ class SessionRecord:
             checkpoint_bytes=int(fields.get("checkpoint_bytes") or 0),
             checkpoint_at=float(fields["checkpoint_at"]) if fields.get("checkpoint_at") else None,
             variables=json.loads(fields.get("variables") or "[]"),
+            env=json.loads(fields.get("env") or "{}"),
         )
 
 
