@@ -50,6 +50,13 @@ T = TypeVar("T")
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+def known_id(session_id: str) -> None:
+    """Ids that no session can have (they were validated at creation) are simply not found: they never reach
+    the store, where a glob character could match other sessions' keys."""
+    if not SESSION_ID_PATTERN.match(session_id):
+        raise SessionNotFound(session_id)
+
+
 def validate_session_id(session_id: str) -> str:
     if not SESSION_ID_PATTERN.match(session_id):
         raise InvalidSessionId(
@@ -168,6 +175,7 @@ class SessionManager:
         Raises OwnedElsewhere (with the owner's address) when another replica's lease is live and the
         request may be forwarded there.
         """
+        known_id(session_id)
         local = self.sessions.get(session_id)
         if local is not None:
             return local
@@ -188,6 +196,7 @@ class SessionManager:
 
     async def take_over(self, session_id: str, epoch: int) -> Session:
         """Take a session whose owner is provably gone (it refused a connection), if its epoch is unchanged."""
+        known_id(session_id)
         lock = self._takeovers.setdefault(session_id, asyncio.Lock())
         async with lock:
             local = self.sessions.get(session_id)
@@ -249,6 +258,7 @@ class SessionManager:
         return session
 
     async def record(self, session_id: str) -> SessionRecord:
+        known_id(session_id)
         record = await self._store(self.store.get(session_id))
         if record is None:
             raise SessionNotFound(session_id)
@@ -282,6 +292,7 @@ class SessionManager:
         return outcome.to_json()
 
     async def delete(self, session_id: str) -> None:
+        known_id(session_id)
         session = self.sessions.pop(session_id, None)
         record = await self._store(self.store.get(session_id)) if session is None else None
         if session is None and record is None:

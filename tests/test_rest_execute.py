@@ -282,3 +282,12 @@ def test_warm_kernels_preload_modules_without_binding_them(client: httpx.Client)
         "/execute", json={"code": "import sys\n('pandas' in sys.modules, 'pandas' in dir(), 'pd' in dir())"}
     )
     assert body.json()["outputs"][0]["data"] == {"text/plain": "(True, False, False)"}
+
+
+@pytest.mark.parametrize("bad", ["*", "a*b", "x?y", "{tag}", "-lead"])
+def test_impossible_session_ids_are_not_found(client: httpx.Client, bad: str) -> None:
+    for method, path in (("GET", f"/sessions/{bad}"), ("DELETE", f"/sessions/{bad}"), ("GET", f"/api/kernels/{bad}")):
+        r = client.request(method, path)
+        assert r.status_code == 404
+        assert r.json()["reason"] == "Not Found"
+    assert client.post("/execute", json={"code": "1", "session": bad}).status_code == 422
