@@ -26,7 +26,6 @@ _STATUS: dict[type[state_errors.StateError], int] = {
     state_errors.InvalidSessionId: 400,
     state_errors.Draining: 503,
     state_errors.KernelStartFailed: 503,
-    state_errors.SessionClosed: 409,
     state_errors.LeaseLost: 409,
     state_errors.StoreDown: 503,
     state_errors.CheckpointRejected: 409,

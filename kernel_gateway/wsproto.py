@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from notebook_state.types import Channel, JSONDict, KernelMessage
+from notebook_state.types import Channel, KernelMessage
 
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 
@@ -123,13 +123,3 @@ def encode_json(msg: KernelMessage) -> str | bytes:
     for chunk in chunks[:-1]:
         offsets.append(offsets[-1] + len(chunk))
     return b"".join([struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets), *chunks])
-
-
-def as_dict(msg: KernelMessage) -> JSONDict:
-    return {
-        "channel": msg.channel.value,
-        "header": msg.header,
-        "parent_header": msg.parent_header,
-        "metadata": msg.metadata,
-        "content": msg.content,
-    }

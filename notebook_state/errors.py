@@ -38,12 +38,6 @@ class Draining(StateError):
         super().__init__("this replica is shutting down and takes no new work")
 
 
-class SessionClosed(StateError):
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id!r} was shut down")
-        self.session_id = session_id
-
-
 class LeaseLost(StateError):
     def __init__(self, session_id: str) -> None:
         super().__init__(

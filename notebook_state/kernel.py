@@ -114,12 +114,6 @@ class Kernel:
         if self.state is KernelState.READY:
             await self.km.interrupt_kernel()
 
-    @property
-    def pid(self) -> int | None:
-        provisioner = self.km.provisioner
-        process = getattr(provisioner, "process", None)
-        return getattr(process, "pid", None)
-
     # -- sending -----------------------------------------------------------------------------------------
 
     def send(self, msg: KernelMessage) -> None:
@@ -281,11 +275,3 @@ async def start_kernel(
         env.update(extra_env)
     await kernel.start(env, timeout)
     return kernel
-
-
-def json_default(obj: Any) -> Any:
-    if hasattr(obj, "isoformat"):
-        return obj.isoformat()
-    if isinstance(obj, (bytes, memoryview)):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

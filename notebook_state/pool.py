@@ -31,10 +31,7 @@ class KernelPool:
         self.size = size
         self._ready: deque[Kernel] = deque()
         self._wakeup = asyncio.Event()
-        self._available = asyncio.Condition()
         self._filler: asyncio.Task[None] | None = None
-        self.starts = 0
-        self.failures = 0
 
     @property
     def ready_count(self) -> int:
@@ -54,14 +51,10 @@ class KernelPool:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.failures += 1
                     log.error("pool: kernel %r failed to start: %s", self.kernel_name, exc)
                     await asyncio.sleep(_RETRY_DELAY)
                     continue
-                self.starts += 1
                 self._ready.append(kernel)
-                async with self._available:
-                    self._available.notify()
             self._wakeup.clear()
             await self._wakeup.wait()
             await asyncio.sleep(REFILL_DELAY)
@@ -87,15 +80,6 @@ class KernelPool:
                 return kernel
             asyncio.get_running_loop().create_task(kernel.shutdown(now=True))
         return None
-
-    async def wait_ready(self, timeout: float) -> bool:
-        """Wait until the pool holds a kernel (or the timeout passes); True if it does."""
-        if self.size == 0:
-            return True
-        async with self._available:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._available.wait_for(lambda: bool(self._ready)), timeout)
-        return bool(self._ready)
 
     async def close(self) -> None:
         if self._filler is not None:
