@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass
+class _Claim:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 def known_id(session_id: str) -> None:
@@ -94,7 +101,7 @@ class SessionManager:
         self.pool = KernelPool(self.kernels.start, settings.kernel_name, settings.pool_size)
         self.sessions: dict[str, Session] = {}
         self.draining = False
-        self._takeovers: dict[str, asyncio.Lock] = {}
+        self._claims: dict[str, _Claim] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -175,37 +182,42 @@ class SessionManager:
         Raises OwnedElsewhere (with the owner's address) when another replica's lease is live and the
         request may be forwarded there.
         """
-        known_id(session_id)
         local = self.sessions.get(session_id)
         if local is not None:
             return local
         if self.draining:
             raise Draining()
-        lock = self._takeovers.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            local = self.sessions.get(session_id)
-            if local is not None:
-                return local
-            record = await self._store(self.store.get(session_id))
-            if record is None:
-                raise SessionNotFound(session_id)
-            lease = record.lease
-            if lease is not None and lease.held_by_other(self.replica_id, time.time()):
-                raise OwnedElsewhere(session_id, lease.owner, lease.url, lease.epoch)
-            return await self._take_over(record, steal=None)
+        return await self._claim(session_id, steal=None)
 
     async def take_over(self, session_id: str, epoch: int) -> Session:
         """Take a session whose owner is provably gone (it refused a connection), if its epoch is unchanged."""
+        return await self._claim(session_id, steal=epoch)
+
+    async def _claim(self, session_id: str, steal: int | None) -> Session:
+        """The session, live here: restored unless another request on this replica already did.
+
+        Without ``steal``, a live lease of another replica raises OwnedElsewhere instead.
+        """
         known_id(session_id)
-        lock = self._takeovers.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            local = self.sessions.get(session_id)
-            if local is not None:
-                return local
-            record = await self._store(self.store.get(session_id))
-            if record is None:
-                raise SessionNotFound(session_id)
-            return await self._take_over(record, steal=epoch)
+        # Requests for one session on this replica wait on one lock; the entry goes with its last user.
+        claim = self._claims.setdefault(session_id, _Claim())
+        claim.users += 1
+        try:
+            async with claim.lock:
+                local = self.sessions.get(session_id)
+                if local is not None:
+                    return local
+                record = await self._store(self.store.get(session_id))
+                if record is None:
+                    raise SessionNotFound(session_id)
+                lease = record.lease
+                if steal is None and lease is not None and lease.held_by_other(self.replica_id, time.time()):
+                    raise OwnedElsewhere(session_id, lease.owner, lease.url, lease.epoch)
+                return await self._take_over(record, steal=steal)
+        finally:
+            claim.users -= 1
+            if claim.users == 0:
+                del self._claims[session_id]
 
     async def _take_over(self, record: SessionRecord, steal: int | None) -> Session:
         sid = record.id
