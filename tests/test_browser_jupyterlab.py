@@ -11,21 +11,15 @@ rather than skips, without it.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect, sync_playwright
 
+from tests.jupyter_app import JupyterServer, start_jupyter, stop_group
 from tests.service import Service
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,109 +45,41 @@ pytestmark = pytest.mark.timeout(180)
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Lab:
-    proc: subprocess.Popen[bytes]
-    url: str
-    token: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @contextlib.contextmanager
-def running_lab(tmp: Path, service: Service) -> Iterator[Lab]:
+def running_lab(tmp: Path, service: Service) -> Iterator[JupyterServer]:
     assert service.token, "the shared service runs with auth on"
-    root = tmp / "notebooks"
-    for sub in ("config/labconfig", "data", "runtime", "notebooks", "home", "settings", "workspaces"):
+    for sub in ("config/labconfig", "home", "settings", "workspaces"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     # No "get Jupyter news?" toast over the notebook (nor its request to the internet).
     (tmp / "config" / "labconfig" / "page_config.json").write_text(
         '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}'
     )
-    port = _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        # Keep the user's Jupyter settings and any stray gateway/kernel settings out of this server.
-        if not k.startswith(("JUPYTER_", "KERNEL_", "JUPYTERLAB_")) and k not in ("JPY_SESSION_NAME",)
-    }
-    env.update(
-        JUPYTER_CONFIG_DIR=str(tmp / "config"),
-        JUPYTER_DATA_DIR=str(tmp / "data"),
-        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-        JUPYTER_PLATFORM_DIRS="1",
-        JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
-        HOME=str(tmp / "home"),
-        PYTHONUNBUFFERED="1",
+    lab = start_jupyter(
+        tmp,
+        module="jupyterlab",
+        gateway_url=service.url,
+        gateway_token=service.token,
+        token=LAB_TOKEN,
+        log_name="jupyterlab.log",
+        startup_timeout=STARTUP_TIMEOUT,
+        env={
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
+            "HOME": str(tmp / "home"),
+        },
+        args=[
+            "--GatewayClient.request_timeout=60",
+            # window.jupyterapp, for reading the kernel's state; nothing from the internet.
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ],
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={LAB_TOKEN}",
-        "--ServerApp.open_browser=False",
-        "--ServerApp.allow_root=True",
-        "--ServerApp.terminals_enabled=False",
-        "--ServerApp.log_level=DEBUG",
-        f"--ServerApp.root_dir={root}",
-        f"--gateway-url={service.url}",
-        f"--GatewayClient.auth_token={service.token}",
-        "--GatewayClient.request_timeout=60",
-        "--GatewayClient.connect_timeout=10",
-        # window.jupyterapp, for reading the kernel's state; nothing from the internet.
-        "--LabApp.expose_app_in_browser=True",
-        "--LabApp.news_url=",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly",
-    ]
-    log_path = tmp / "jupyterlab.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-        )
-    lab = Lab(proc, f"http://127.0.0.1:{port}", LAB_TOKEN, log_path)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{lab.log()}")
-            try:
-                r = httpx.get(f"{lab.url}/api/status", headers={"Authorization": f"token {LAB_TOKEN}"}, timeout=2)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"jupyter lab not up in {STARTUP_TIMEOUT} s:\n{lab.log()}")
-            time.sleep(0.1)
         yield lab
     finally:
-        _stop(proc)
+        stop_group(lab.proc)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -250,7 +176,7 @@ def test_notebook_in_jupyterlab(service: Service, tmp_path: Path, output_dir: Pa
     assert not left, f"the gateway still had the notebook's kernel after jupyter lab stopped: {left}"
 
 
-def _drive_notebook(page: Page, lab: Lab, service: Service, kernels: list[str]) -> None:
+def _drive_notebook(page: Page, lab: JupyterServer, service: Service, kernels: list[str]) -> None:
     page.goto(f"{lab.url}/lab?token={lab.token}", wait_until="domcontentloaded")
     # JupyterLab is up once its app exists and the splash screen has gone.
     page.wait_for_function(

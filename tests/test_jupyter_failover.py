@@ -10,11 +10,8 @@ committed checkpoint.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,10 +23,11 @@ import httpx
 import pytest
 
 from tests.balancer import RoundRobinBalancer, balancer
+from tests.jupyter_app import JupyterServer, start_jupyter, stop_group
 from tests.jupyter_ws import Msg, message
-from tests.redis_server import free_port, redis_server
+from tests.redis_server import redis_server
 from tests.service import Service
-from tests.test_jupyter_server_gateway import Frontend, JupyterServer, frontend, result_text
+from tests.test_jupyter_server_gateway import Frontend, frontend, result_text
 from tests.test_replicas import TOKEN, owner_url, replicas
 
 JUPYTER_TOKEN = "jupyter-failover-token"
@@ -47,76 +45,20 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _start_jupyter_server(tmp: Path, gateway_url: str) -> JupyterServer:
-    root = tmp / "notebooks"
-    for sub in ("config", "data", "runtime", "notebooks"):
-        (tmp / sub).mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JUPYTER_", "KERNEL_")) and k not in ("JPY_SESSION_NAME",)
-    }
-    env.update(
-        JUPYTER_CONFIG_DIR=str(tmp / "config"),
-        JUPYTER_DATA_DIR=str(tmp / "data"),
-        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-        JUPYTER_PLATFORM_DIRS="1",
-        PYTHONUNBUFFERED="1",
+    return start_jupyter(
+        tmp,
+        gateway_url=gateway_url,
+        gateway_token=TOKEN,
+        token=JUPYTER_TOKEN,
+        startup_timeout=STARTUP_TIMEOUT,
+        args=[
+            "--GatewayClient.request_timeout=30",
+            # Reconnect the kernel WebSocket to the gateway quickly after the owner replica dies.
+            "--GatewayClient.gateway_retry_interval=0.5",
+            "--GatewayClient.gateway_retry_interval_max=2",
+            "--GatewayClient.gateway_retry_max=10",
+        ],
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={JUPYTER_TOKEN}",
-        "--ServerApp.open_browser=False",
-        "--ServerApp.allow_root=True",
-        "--ServerApp.terminals_enabled=False",
-        "--ServerApp.log_level=DEBUG",
-        f"--ServerApp.root_dir={root}",
-        f"--gateway-url={gateway_url}",
-        f"--GatewayClient.auth_token={TOKEN}",
-        "--GatewayClient.request_timeout=30",
-        "--GatewayClient.connect_timeout=10",
-        # Reconnect the kernel WebSocket to the gateway quickly after the owner replica dies.
-        "--GatewayClient.gateway_retry_interval=0.5",
-        "--GatewayClient.gateway_retry_interval_max=2",
-        "--GatewayClient.gateway_retry_max=10",
-    ]
-    log_path = tmp / "jupyter-server.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-        )
-    server = JupyterServer(proc, f"http://127.0.0.1:{port}", JUPYTER_TOKEN, log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"jupyter server exited with {proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/api/status", headers=server.headers, timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    _kill_group(proc)
-    raise TimeoutError(f"jupyter server not up in {STARTUP_TIMEOUT} s:\n{server.log()}")
-
-
-def _kill_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    # Each process leads its own process group: nothing it spawned there may outlive the test. (A replica's
-    # kernels lead their own groups; they exit by themselves once their replica is gone: ipykernel's parent poller.)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -136,11 +78,11 @@ def cluster(tmp_path: Path, output: Path) -> Iterator[tuple[list[Service], Round
         services = stack.enter_context(replicas(tmp_path, redis, 2))
         for svc in services:
             stack.callback(lambda s=svc: save(f"replica-{urlsplit(s.url).port}", "".join(s.log)))  # type: ignore[misc]
-            stack.callback(_kill_group, svc.proc)
+            stack.callback(stop_group, svc.proc)
         lb = stack.enter_context(balancer([("127.0.0.1", urlsplit(s.url).port or 0) for s in services]))
         jupyter = _start_jupyter_server(tmp_path / "jupyter", lb.url)
         stack.callback(lambda: save("jupyter-server", jupyter.log()))
-        stack.callback(_kill_group, jupyter.proc)
+        stack.callback(stop_group, jupyter.proc)
         yield services, lb, jupyter
 
 

@@ -10,15 +10,9 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,12 +24,12 @@ from jupyter_server.services.kernels.connection.base import (
 )
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.jupyter_app import JupyterServer, start_jupyter, stop_group
 from tests.jupyter_ws import CellResult, Msg, execute_request, message
 from tests.service import Service
 
 V1 = "v1.kernel.websocket.jupyter.org"
 JUPYTER_TOKEN = "jupyter-server-token-456"
-STARTUP_TIMEOUT = 60.0
 CELL_TIMEOUT = 30.0
 KERNEL_MARK = "hello123"
 
@@ -47,113 +41,22 @@ pytestmark = pytest.mark.timeout(120)
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class JupyterServer:
-    proc: subprocess.Popen[bytes]
-    url: str
-    token: str
-    log_path: Path
-
-    @property
-    def ws_url(self) -> str:
-        return "ws" + self.url[len("http") :]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"token {self.token}"}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=60.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start_jupyter_server(tmp: Path, service: Service) -> JupyterServer:
-    assert service.token, "the shared service runs with auth on"
-    root = tmp / "notebooks"
-    for sub in ("config", "data", "runtime", "notebooks"):
-        (tmp / sub).mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        # Keep the user's Jupyter settings and any stray gateway/kernel settings out of this server.
-        if not k.startswith(("JUPYTER_", "KERNEL_")) and k not in ("JPY_SESSION_NAME",)
-    }
-    env.update(
-        JUPYTER_CONFIG_DIR=str(tmp / "config"),
-        JUPYTER_DATA_DIR=str(tmp / "data"),
-        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-        JUPYTER_PLATFORM_DIRS="1",
-        PYTHONUNBUFFERED="1",
-        # GatewayClient forwards the KERNEL_* variables of its own process in the POST /api/kernels body.
-        KERNEL_TEST_MARK=KERNEL_MARK,
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={JUPYTER_TOKEN}",
-        "--ServerApp.open_browser=False",
-        "--ServerApp.allow_root=True",
-        "--ServerApp.terminals_enabled=False",
-        "--ServerApp.log_level=DEBUG",
-        f"--ServerApp.root_dir={root}",
-        f"--gateway-url={service.url}",
-        f"--GatewayClient.auth_token={service.token}",
-        "--GatewayClient.request_timeout=60",
-        "--GatewayClient.connect_timeout=10",
-    ]
-    log_path = tmp / "jupyter-server.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-        )
-    server = JupyterServer(proc, f"http://127.0.0.1:{port}", JUPYTER_TOKEN, log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"jupyter server exited with {proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/api/status", headers=server.headers, timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    _stop(proc)
-    raise TimeoutError(f"jupyter server not up in {STARTUP_TIMEOUT} s:\n{server.log()}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def jupyter(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
-    server = _start_jupyter_server(tmp_path_factory.mktemp("jupyter-server"), service)
+    assert service.token, "the shared service runs with auth on"
+    server = start_jupyter(
+        tmp_path_factory.mktemp("jupyter-server"),
+        gateway_url=service.url,
+        gateway_token=service.token,
+        token=JUPYTER_TOKEN,
+        args=["--GatewayClient.request_timeout=60"],
+        # GatewayClient forwards the KERNEL_* variables of its own process in the POST /api/kernels body.
+        env={"KERNEL_TEST_MARK": KERNEL_MARK},
+    )
     try:
         yield server
     finally:
-        _stop(server.proc)
+        stop_group(server.proc)
         # Keep jupyter server's log (it shows every gateway request) for whoever reads a failure.
         out = Path(__file__).resolve().parent.parent / "test-output" / "test_jupyter_server_gateway"
         out.mkdir(parents=True, exist_ok=True)
