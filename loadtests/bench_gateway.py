@@ -30,20 +30,16 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import httpx
@@ -52,12 +48,13 @@ import psutil
 from jupyter_client.manager import AsyncKernelManager
 from websockets.asyncio.client import ClientConnection, connect
 
+from loadtests.common import HOST, BenchError, ManagedProcess, free_port, log, percentile, sigterm_as_exit
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_OUTPUT = HERE / "results" / "bench_gateway.json"
 DEFAULT_JKG_VENV = HERE / ".venv-jkg"
 JKG_REQUIREMENT = "jupyter-kernel-gateway==3.0.*"
-HOST = "127.0.0.1"
 CODE = "1+1"
 LEVELS = (1, 2, 4, 8)
 
@@ -79,25 +76,11 @@ Json = dict[str, Any]
 T = TypeVar("T")
 
 
-class BenchError(RuntimeError):
-    """The benchmark cannot go on (a service did not start, a request failed, ...)."""
-
-
 def progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log("bench", message)
 
 
 # -- statistics --------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), ``q`` in [0, 1]."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def latency_stats(seconds: Sequence[float]) -> Json:
@@ -117,88 +100,6 @@ def latency_stats(seconds: Sequence[float]) -> Json:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ManagedProcess:
-    """A process the benchmark started in its own session (process group), with its output kept."""
-
-    name: str
-    proc: subprocess.Popen[str]
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=400))
-    listening: threading.Event = field(default_factory=threading.Event)
-    url: str | None = None
-    stopped: bool = False
-
-    @classmethod
-    def start(cls, name: str, cmd: Sequence[str], env: dict[str, str], cwd: Path) -> ManagedProcess:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        managed = cls(name, proc)
-        threading.Thread(target=managed._pump, name=f"pump-{name}", daemon=True).start()
-        return managed
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if line.startswith("SKG_LISTENING ") and self.url is None:
-                self.url = line.split()[1]
-                self.listening.set()
-        self.listening.set()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def tail(self, lines: int = 40) -> str:
-        return "".join(list(self.log)[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM, wait, then SIGKILL whatever is left of it and of its children (its kernels)."""
-        if self.stopped:
-            return
-        self.stopped = True
-        children: list[psutil.Process] = []
-        if self.proc.poll() is None:
-            progress(f"stopping {self.name} (pid {self.pid})")
-            with contextlib.suppress(psutil.Error):
-                children = psutil.Process(self.pid).children(recursive=True)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                progress(f"{self.name} did not stop in {timeout:g} s: killing it")
-                self.proc.kill()
-                self.proc.wait(10)
-        for child in children:  # is_running() also checks the start time, so a reused pid is left alone
-            with contextlib.suppress(psutil.Error):
-                if child.is_running():
-                    progress(f"killing leftover {child.name()} (pid {child.pid}) of {self.name}")
-                    child.kill()
-        # Its session's group id is the pid we started (start_new_session); anything else still in it is ours.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http_ok(proc: ManagedProcess, url: str, headers: dict[str, str], timeout: float) -> httpx.Response:
@@ -315,7 +216,7 @@ def start_ours(data_dir: Path, pool_size: int, token: str, checkpoint: bool = Tr
         *([] if checkpoint else ["--no-checkpoint"]),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = ManagedProcess.start("serverless-kernel-gateway", cmd, env, cwd=data_dir)
+    proc = ManagedProcess.start("serverless-kernel-gateway", cmd, env, data_dir)
     if not proc.listening.wait(STARTUP_TIMEOUT) or proc.url is None:
         proc.stop()
         raise BenchError(f"our service did not start:\n{proc.tail()}")
@@ -1199,20 +1100,6 @@ class Bench:
                 "throughput per session is bounded by that wait rather than by CPU."
             )
         return self.result
-
-
-@contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """A SIGTERM unwinds like Ctrl-C, so that every process started here is stopped."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

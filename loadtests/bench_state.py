@@ -33,29 +33,25 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 import redis
 
+from loadtests.common import HOST, BenchError, ManagedProcess, free_port, log, percentile, sigterm_as_exit
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_OUTPUT = HERE / "results" / "bench_state.json"
-HOST = "127.0.0.1"
 CELL = "x = x + 1"
 
 STARTUP_TIMEOUT = 120.0  # a replica to listen and fill its pool
@@ -76,25 +72,11 @@ TARGETS = {
 Json = dict[str, Any]
 
 
-class BenchError(RuntimeError):
-    """The benchmark cannot go on (a process did not start, a request failed, ...)."""
-
-
 def progress(message: str) -> None:
-    print(f"[bench_state {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log("bench_state", message)
 
 
 # -- statistics --------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), ``q`` in [0, 1]."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def stats(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> Json:
@@ -114,83 +96,6 @@ def stats(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> Json:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A process this benchmark started in its own session (so its group id is its pid), output kept."""
-
-    name: str
-    proc: subprocess.Popen[str]
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
-    listening: threading.Event = field(default_factory=threading.Event)
-    url: str | None = None
-
-    @classmethod
-    def start(cls, name: str, cmd: Sequence[str], env: dict[str, str]) -> Proc:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        managed = cls(name, proc)
-        threading.Thread(target=managed._pump, name=f"pump-{name}", daemon=True).start()
-        return managed
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if line.startswith("SKG_LISTENING ") and self.url is None:
-                self.url = line.split()[1]
-                self.listening.set()
-        self.listening.set()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        return "".join(list(self.log)[-lines:])
-
-    def kill9(self) -> None:
-        """SIGKILL the process itself only (as a node or OOM kill would); its kernels notice on their own."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def reap_group(self) -> None:
-        """SIGKILL whatever is left in the process group we created for it (its kernels)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.alive():
-            progress(f"stopping {self.name} (pid {self.pid})")
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                progress(f"{self.name} did not stop in {timeout:g} s: killing it")
-                self.proc.kill()
-                self.proc.wait(10)
-        self.reap_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_server_binary() -> str:
@@ -215,7 +120,7 @@ class Redis:
         directory.mkdir(parents=True, exist_ok=True)
         cmd = [self.binary, "--port", str(self.port), "--bind", HOST, "--dir", str(directory), "--save", "",
                "--appendonly", "no", "--protected-mode", "yes"]  # fmt: skip
-        self.proc = Proc.start("redis-server", cmd, dict(os.environ))
+        self.proc = ManagedProcess.start("redis-server", cmd, dict(os.environ), REPO, tag="bench_state")
         self.client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=1, socket_timeout=30)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -254,7 +159,7 @@ class Redis:
 @dataclass
 class Replica:
     name: str
-    process: Proc
+    process: ManagedProcess
     url: str
     token: str
     client: httpx.Client
@@ -278,7 +183,7 @@ def start_replica(name: str, base: Path, redis_url: str, signing_key: str, token
         "SKG_REDIS_URL": redis_url,
         "SKG_SIGNING_KEY": signing_key,
     }
-    process = Proc.start(name, cmd, env)
+    process = ManagedProcess.start(name, cmd, env, REPO, tag="bench_state")
     try:
         if not process.listening.wait(STARTUP_TIMEOUT) or process.url is None:
             raise BenchError(f"{name} did not start listening:\n{process.tail()}")
@@ -1182,18 +1087,6 @@ def targets(result: Json) -> Json:
 
 
 # -- entry point -------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
