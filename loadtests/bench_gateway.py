@@ -48,7 +48,18 @@ import psutil
 from jupyter_client.manager import AsyncKernelManager
 from websockets.asyncio.client import ClientConnection, connect
 
-from loadtests.common import HOST, BenchError, ManagedProcess, free_port, log, percentile, sigterm_as_exit
+from loadtests.common import (
+    HOST,
+    BenchError,
+    ManagedProcess,
+    cpu_model,
+    free_port,
+    git_commit,
+    log,
+    package_version,
+    percentile,
+    sigterm_as_exit,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -741,29 +752,8 @@ def parse_args(argv: Sequence[str]) -> Config:
 
 
 def environment() -> Json:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if head.returncode == 0:
-            commit = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    version = package_version
+    commit = git_commit(REPO)
     return {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
@@ -778,7 +768,7 @@ def environment() -> Json:
         "websockets": version("websockets"),
         "jupyter_kernel_gateway": None,  # filled in from its own venv
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -33,21 +33,30 @@ import os
 import platform
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 
-from loadtests.common import HOST, BenchError, ManagedProcess, free_port, log, percentile, sigterm_as_exit
+from loadtests.common import (
+    HOST,
+    BenchError,
+    ManagedProcess,
+    cpu_model,
+    free_port,
+    git_commit,
+    log,
+    package_version,
+    percentile,
+    sigterm_as_exit,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -283,29 +292,8 @@ def parse_args(argv: Sequence[str]) -> Config:
 
 
 def environment(redis_srv: Redis | None) -> Json:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if head.returncode == 0:
-            commit = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    version = package_version
+    commit = git_commit(REPO)
     redis_binary = None
     redis_version = redis_srv.version() if redis_srv else None
     with contextlib.suppress(BenchError):
@@ -327,7 +315,7 @@ def environment(redis_srv: Redis | None) -> Json:
         "redis_server": redis_version,
         "redis_server_binary": redis_binary,
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
