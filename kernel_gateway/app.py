@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from notebook_state.manager import SessionManager
 from notebook_state.signing import Signer, load_or_create_key
 from notebook_state.store import LocalStore, RedisStore, StateStore
 
@@ -18,6 +17,7 @@ from .deps import Gateway
 from .limits import BodySizeLimit
 from .metrics import Metrics
 from .routes import channels, execute, jupyter, ops, sessions
+from .sessions.manager import SessionManager
 from .settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,11 @@
-"""``skg``: the command line. ``skg serve`` runs a replica; ``skg bench`` runs the gateway benchmark."""
+"""``skg``: the command line. ``skg serve`` runs a replica.
+
+The benchmarks are commands of ``loadtests`` (``skg-bench``, ``python -m loadtests.bench_gateway``): the
+product never imports its own benchmark.
+"""
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +18,6 @@ from .settings import Settings
 USAGE = f"""skg {__version__}: Serverless Kernel Gateway
 
 usage: skg serve [options]     run the service (skg serve --help lists the options)
-       skg bench [options]     run loadtests/bench_gateway.py (from a source checkout)
        skg --version
 """
 
@@ -33,15 +35,6 @@ def serve(argv: Sequence[str]) -> int:
     return 0
 
 
-def bench(argv: Sequence[str]) -> int:
-    try:
-        bench_gateway = importlib.import_module("loadtests.bench_gateway")
-    except ImportError:
-        print("skg bench needs a source checkout (loadtests/ beside kernel_gateway/)", file=sys.stderr)
-        return 2
-    return int(bench_gateway.main(list(argv)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -53,8 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "serve":
         return serve(rest)
-    if command == "bench":
-        return bench(rest)
     print(f"skg: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -9,10 +9,10 @@ import httpx
 from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
-from notebook_state.manager import SessionManager
-
 from .auth import is_authorized
 from .metrics import Metrics
+from .placement import Placement
+from .sessions.manager import SessionManager
 from .settings import Settings
 
 
@@ -25,6 +25,10 @@ class Gateway:
     http: httpx.AsyncClient
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
+    placement: Placement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.placement = Placement(self.manager)
 
 
 def gateway(conn: HTTPConnection) -> Gateway:

@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from notebook_state import errors as state_errors
-
+from .kernels.kernel import KernelStartFailed
 from .responses import JSONResponse
+from .sessions import errors as state_errors
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,18 @@ _STATUS: dict[type[state_errors.StateError], int] = {
     state_errors.SessionExists: 409,
     state_errors.InvalidSessionId: 400,
     state_errors.Draining: 503,
-    state_errors.KernelStartFailed: 503,
+    KernelStartFailed: 503,
     state_errors.LeaseLost: 409,
     state_errors.StoreDown: 503,
     state_errors.CheckpointRejected: 409,
     state_errors.OwnedElsewhere: 421,
     state_errors.Misdirected: 421,
 }
+
+
+def status_of(exc: state_errors.StateError) -> int:
+    """The HTTP status that answers a session-layer error (the same for a request and a WebSocket handshake)."""
+    return _STATUS.get(type(exc), 400)
 
 
 def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
@@ -58,7 +63,7 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(state_errors.StateError)
     async def _state_error(request: Request, exc: state_errors.StateError) -> JSONResponse:
-        return error_response(request, _STATUS.get(type(exc), 400), str(exc))
+        return error_response(request, status_of(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+from notebook_state.types import SESSION_ID_PATTERN
+
+_ID_PATTERN = SESSION_ID_PATTERN.pattern
 
 
 class Strict(BaseModel):

@@ -11,20 +11,19 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 
-from .routing import FORWARDED, OwnerGone
+from .forward import FORWARDED
+from .placement import Owner, OwnerGone
+from .wsproto import V1_SUBPROTOCOL
 
 log = logging.getLogger(__name__)
 
 
-V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
-
-
-async def relay(websocket: WebSocket, owner_url: str, kernel_id: str, v1: bool, replica_id: str) -> None:
+async def relay(websocket: WebSocket, owner: Owner, v1: bool, replica_id: str) -> None:
     """Open the owner's channels WebSocket and pipe both ways until either side closes.
 
     Raises ``OwnerGone`` (before accepting the client) when the owner refuses the connection.
     """
-    url = "ws" + owner_url.rstrip("/").removeprefix("http") + f"/api/kernels/{kernel_id}/channels"
+    url = "ws" + owner.url.rstrip("/").removeprefix("http") + f"/api/kernels/{owner.session_id}/channels"
     headers = {FORWARDED: replica_id}
     auth = websocket.headers.get("authorization")
     if auth:

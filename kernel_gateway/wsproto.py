@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from notebook_state.types import Channel, KernelMessage
+from .types import Channel, KernelMessage
 
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 

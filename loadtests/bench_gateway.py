@@ -15,7 +15,7 @@ One run starts everything it measures, on 127.0.0.1 only, and stops all of it ag
 (f) RSS of the service process, and of its process tree (kernels included), with 0 and with 8 idle sessions.
 
 It prints one JSON document on stdout (progress goes to stderr) and writes it to
-``loadtests/results/bench_gateway.json``. Run as ``python -m loadtests.bench_gateway`` or ``skg bench``.
+``loadtests/results/bench_gateway.json``. Run as ``python -m loadtests.bench_gateway`` or ``skg-bench``.
 """
 
 from __future__ import annotations
@@ -695,7 +695,7 @@ class Config:
 
 def parse_args(argv: Sequence[str]) -> Config:
     parser = argparse.ArgumentParser(
-        prog="skg bench",
+        prog="skg-bench",
         description="Benchmark the gateway against raw jupyter_client and jupyter-kernel-gateway 3.0 "
         "(loopback only). Prints one JSON document on stdout; progress goes to stderr.",
     )

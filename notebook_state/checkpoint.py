@@ -19,10 +19,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kernel import Kernel
 from .signing import Signer, VerificationError
 from .store import Commit, SessionRecord, StateStore, StoreUnavailable
-from .types import Channel, JSONDict, StateObserver
+from .types import JSONDict, KernelLink, StateObserver
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +92,11 @@ class SessionCheckpoints:
     last: CheckpointOutcome | None = None
 
 
-def _silent(code: str) -> JSONDict:
-    return {"code": code, "silent": True, "store_history": False, "user_expressions": {}, "allow_stdin": False}
-
-
-async def run_in_kernel(kernel: Kernel, code: str, timeout: float) -> None:
-    reply = await kernel.call(Channel.SHELL, "execute_request", _silent(code), timeout=timeout)
-    if reply.content.get("status") != "ok":
-        raise CheckpointError(f"{reply.content.get('ename', 'Error')}: {reply.content.get('evalue', '')}")
+async def run_in_kernel(kernel: KernelLink, code: str, timeout: float) -> None:
+    """Run service code in the kernel; CheckpointError when it raised there."""
+    reply = await kernel.execute_silent(code, timeout)
+    if reply.get("status") != "ok":
+        raise CheckpointError(f"{reply.get('ename', 'Error')}: {reply.get('evalue', '')}")
 
 
 class Checkpointer:
@@ -120,15 +116,15 @@ class Checkpointer:
         self.timeout = timeout
         self.ttl = ttl
 
-    def auto_dir(self, kernel: Kernel) -> Path:
+    def auto_dir(self, kernel: KernelLink) -> Path:
         return self.runtime_dir / f"auto-{kernel.id}"
 
-    async def install(self, kernel: Kernel, timeout: float) -> None:
+    async def install(self, kernel: KernelLink, timeout: float) -> None:
         """Load the capture module into a new kernel, writing each cell's checkpoint into its auto dir."""
         code = f"__import__('notebook_state.capture').capture.install(auto_dir={str(self.auto_dir(kernel))!r})"
         await run_in_kernel(kernel, code, timeout)
 
-    def forget(self, kernel: Kernel) -> None:
+    def forget(self, kernel: KernelLink) -> None:
         shutil.rmtree(self.auto_dir(kernel), ignore_errors=True)
 
     def _workdir(self, kind: str) -> Path:
@@ -139,7 +135,7 @@ class Checkpointer:
     # -- capture -----------------------------------------------------------------------------------------
 
     async def capture(
-        self, session_id: str, kernel: Kernel, epoch: int, state: SessionCheckpoints, record: SessionRecord
+        self, session_id: str, kernel: KernelLink, epoch: int, state: SessionCheckpoints, record: SessionRecord
     ) -> CheckpointOutcome:
         started = time.perf_counter()
         for full in (False, True):
@@ -220,7 +216,7 @@ class Checkpointer:
             state.last.status = CheckpointStatus.COMMITTED
         return True
 
-    async def _capture(self, kernel: Kernel, full: bool) -> tuple[JSONDict, dict[str, bytes]]:
+    async def _capture(self, kernel: KernelLink, full: bool) -> tuple[JSONDict, dict[str, bytes]]:
         out = self._workdir("ckpt")
         try:
             code = f"__import__('notebook_state.capture').capture.checkpoint({str(out)!r}, full={full})"
@@ -231,7 +227,7 @@ class Checkpointer:
 
     # -- restore -----------------------------------------------------------------------------------------
 
-    async def restore(self, session_id: str, kernel: Kernel, state: SessionCheckpoints) -> RestoreReport | None:
+    async def restore(self, session_id: str, kernel: KernelLink, state: SessionCheckpoints) -> RestoreReport | None:
         """Load the session's last committed checkpoint into ``kernel``; None if it never committed one."""
         started = time.perf_counter()
         found = await self.store.load_manifest(session_id)

@@ -1,69 +1,21 @@
-"""Errors the session layer raises; the HTTP layer maps each to one status code."""
+"""Errors of the portable state that a kernel manager reports to its clients.
+
+The store's own failures (``StaleEpoch``, ``StoreUnavailable``) live in ``notebook_state.store``, signature
+failures (``VerificationError``) in ``notebook_state.signing``.
+"""
 
 from __future__ import annotations
 
 
 class StateError(Exception):
-    """Base of every error the session layer reports to a client."""
-
-
-class SessionNotFound(StateError):
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id!r} does not exist")
-        self.session_id = session_id
-
-
-class SessionExists(StateError):
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id!r} already exists")
-        self.session_id = session_id
-
-
-class InvalidSessionId(StateError):
-    pass
-
-
-class KernelSpecNotFound(StateError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no kernelspec named {name!r}")
-        self.name = name
-
-
-class KernelStartFailed(StateError):
-    pass
-
-
-class Draining(StateError):
-    def __init__(self) -> None:
-        super().__init__("this replica is shutting down and takes no new work")
+    """Base of the state layer's errors that a client should hear about."""
 
 
 class LeaseLost(StateError):
+    """Another owner holds the session now (its epoch moved): this owner's commits are fenced off."""
+
     def __init__(self, session_id: str) -> None:
         super().__init__(
             f"session {session_id!r} is now owned by another replica; this cell's effects were not committed"
         )
         self.session_id = session_id
-
-
-class OwnedElsewhere(StateError):
-    """The session is live on another replica: the request is forwarded there."""
-
-    def __init__(self, session_id: str, owner: str, url: str, epoch: int) -> None:
-        super().__init__(f"session {session_id!r} is served by replica {owner} at {url}")
-        self.session_id = session_id
-        self.owner = owner
-        self.url = url
-        self.epoch = epoch
-
-
-class StoreDown(StateError):
-    pass
-
-
-class CheckpointRejected(StateError):
-    pass
-
-
-class Misdirected(StateError):
-    """A forwarded request reached a replica that does not own the session either."""

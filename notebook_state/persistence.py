@@ -6,8 +6,8 @@ import logging
 
 from .checkpoint import Checkpointer, CheckpointOutcome, CheckpointStatus, RestoreReport, SessionCheckpoints
 from .errors import LeaseLost
-from .kernel import Kernel
 from .store import SessionRecord, StaleEpoch
+from .types import KernelLink
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Persistence:
     def last(self) -> CheckpointOutcome | None:
         return self.state.last
 
-    async def after_cell(self, kernel: Kernel) -> CheckpointOutcome:
+    async def after_cell(self, kernel: KernelLink) -> CheckpointOutcome:
         """Capture what the cell changed and commit it; LeaseLost if another replica owns the session now."""
         if self.lost:
             raise LeaseLost(self.session_id)
@@ -42,11 +42,11 @@ class Persistence:
             self.lost = True
             raise LeaseLost(self.session_id) from exc
 
-    async def restore(self, kernel: Kernel) -> RestoreReport | None:
+    async def restore(self, kernel: KernelLink) -> RestoreReport | None:
         """Load the last committed checkpoint into a fresh kernel of this session."""
         return await self.checkpointer.restore(self.session_id, kernel, self.state)
 
-    def forget(self, kernel: Kernel) -> None:
+    def forget(self, kernel: KernelLink) -> None:
         """The kernel is gone: drop whatever checkpoints it left in its hand-over directory."""
         self.checkpointer.forget(kernel)
 

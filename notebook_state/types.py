@@ -1,114 +1,38 @@
-"""Aliases and Protocols shared across the service, so that layers meet on types rather than on classes."""
+"""Aliases and Protocols of the portable state: what a kernel manager must offer to checkpoint and restore."""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
+import re
 from typing import Any, Protocol
 
 JSONDict = dict[str, Any]
-"""A decoded JSON object: a Jupyter message part, an nbformat output, a kernel model."""
+"""A decoded JSON object: a manifest, a report, a Jupyter message's content."""
 
 SessionId = str
 """A session's id. A Jupyter kernel id *is* a session id."""
 
-
-class Channel(enum.StrEnum):
-    """The Jupyter messaging channels a frontend talks on (heartbeat stays inside the service)."""
-
-    SHELL = "shell"
-    IOPUB = "iopub"
-    STDIN = "stdin"
-    CONTROL = "control"
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""Every id a store accepts: no glob characters, so that key patterns never match another session's keys."""
 
 
-@dataclass(slots=True)
-class KernelMessage:
-    """One message from or to a kernel, with its four JSON parts decoded.
+class KernelLink(Protocol):
+    """What checkpointing needs of a running kernel: a stable id and a way to run silent code in it.
 
-    ``raw`` keeps the parts exactly as they crossed the wire, when known, so that forwarding to a WebSocket
-    need not encode them again.
+    The service's own kernels implement it; :class:`notebook_state.client.ClientKernel` adapts a plain
+    ``jupyter_client`` client.
     """
 
-    channel: Channel
-    header: JSONDict
-    parent_header: JSONDict
-    metadata: JSONDict
-    content: JSONDict
-    buffers: list[bytes] = field(default_factory=list)
-    raw: list[bytes] | None = None
-
     @property
-    def msg_type(self) -> str:
-        return str(self.header.get("msg_type", ""))
+    def id(self) -> str: ...
 
-    @property
-    def msg_id(self) -> str:
-        return str(self.header.get("msg_id", ""))
-
-    @property
-    def parent_id(self) -> str:
-        return str(self.parent_header.get("msg_id", ""))
-
-
-class Subscriber(Protocol):
-    """Something that receives a session's kernel messages: a WebSocket connection or a REST cell run."""
-
-    def deliver(self, msg: KernelMessage) -> None:
-        """Take one message. Must not block: the kernel's reader calls it."""
-
-
-class KernelListener(Protocol):
-    """The owner of a kernel, told of everything the kernel sends and of its death."""
-
-    def on_kernel_message(self, msg: KernelMessage) -> None: ...
-
-    def on_kernel_died(self, kernel_id: str) -> None: ...
+    async def execute_silent(self, code: str, timeout: float) -> JSONDict:
+        """Run ``code`` silently (no history, no outputs) and return the ``execute_reply`` content."""
+        ...
 
 
 class StateObserver(Protocol):
-    """Told of every checkpoint and restore, whichever face (REST or WebSocket) caused it: the metrics."""
+    """Told of every checkpoint and restore, whichever face caused it: the metrics."""
 
     def checkpointed(self, written_bytes: int, seconds: float, committed: bool) -> None: ...
 
     def restored(self, seconds: float) -> None: ...
-
-
-class ManagerSettings(Protocol):
-    """What the session manager needs to know from the service's settings."""
-
-    @property
-    def kernel_name(self) -> str: ...
-
-    @property
-    def pool_size(self) -> int: ...
-
-    @property
-    def kernel_startup_timeout(self) -> float: ...
-
-    @property
-    def interrupt_grace(self) -> float: ...
-
-    @property
-    def output_limit(self) -> int: ...
-
-    @property
-    def evict_idle_after(self) -> float: ...
-
-    @property
-    def checkpoint(self) -> bool: ...
-
-    @property
-    def preload_modules(self) -> list[str]: ...
-
-    @property
-    def checkpoint_timeout(self) -> float: ...
-
-    @property
-    def lease_ttl(self) -> float: ...
-
-    @property
-    def session_ttl(self) -> float: ...
-
-    @property
-    def allowed_kernel_env_prefix(self) -> str: ...

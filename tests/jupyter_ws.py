@@ -66,9 +66,17 @@ async def recv_json(ws: ClientConnection, timeout: float = 30.0) -> Msg:
 
 
 async def run_cell(
-    ws: ClientConnection, code: str, timeout: float = 30.0, stdin_answer: str | None = None
+    ws: ClientConnection,
+    code: str,
+    timeout: float = 30.0,
+    stdin_answer: str | None = None,
+    started: asyncio.Event | None = None,
 ) -> CellResult:
-    """Send one execute_request and collect until its execute_reply and its iopub idle have arrived."""
+    """Send one execute_request and collect until its execute_reply and its iopub idle have arrived.
+
+    ``started`` is set at the cell's first stream output: a test that must act while the cell runs prints
+    first and waits on it, rather than sleeping and hoping the cell got there.
+    """
     request = execute_request(code, allow_stdin=stdin_answer is not None)
     msg_id = request["header"]["msg_id"]
     await ws.send(json.dumps(request))
@@ -91,6 +99,8 @@ async def run_cell(
             await ws.send(json.dumps(answer))
         elif channel == "iopub":
             result_iopub.append(msg)
+            if started is not None and msg["header"]["msg_type"] == "stream":
+                started.set()
             if msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 idle = True
     return CellResult(reply, result_iopub, result_stdin)

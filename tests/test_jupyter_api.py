@@ -208,11 +208,13 @@ async def test_websocket_survives_restart(service: Service, kernel_id: str) -> N
 
 async def test_interrupt_over_rest_stops_a_websocket_cell(service: Service, kernel_id: str) -> None:
     async with connect(ws_url(service, kernel_id), additional_headers=service.headers) as ws:
-        task = asyncio.create_task(run_cell(ws, "import time\ntime.sleep(60)"))
-        await asyncio.sleep(1.0)
+        running = asyncio.Event()
+        code = "import time\nprint('running', flush=True)\ntime.sleep(120)"
+        task = asyncio.create_task(run_cell(ws, code, timeout=110, started=running))
+        await asyncio.wait_for(running.wait(), 60)
         async with httpx.AsyncClient(base_url=service.url, headers=service.headers) as c:
             assert (await c.post(f"/api/kernels/{kernel_id}/interrupt")).status_code == 204
-        result = await asyncio.wait_for(task, 20)
+        result = await asyncio.wait_for(task, 100)
         assert result.reply["content"]["status"] == "error"
         assert result.reply["content"]["ename"] == "KeyboardInterrupt"
 

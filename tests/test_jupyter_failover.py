@@ -211,5 +211,5 @@ async def test_jupyter_server_websocket_survives_kill_9_of_the_owner_replica(tmp
 
         # The survivor owns the session now (asked directly, not through the balancer).
         assert owner_url(survivor, kid) == survivor.url
+        # Reported, not asserted: timings belong to the benchmarks (loadtests/), not to a shared CI machine.
         print(f"recovered {recovered_in:.2f} s after SIGKILL; test took {time.monotonic() - started:.2f} s")
-    assert time.monotonic() - started < 60

@@ -114,9 +114,16 @@ class Frontend:
         return decoded
 
     async def run_cell(
-        self, code: str, timeout: float = CELL_TIMEOUT, stdin_answer: str | None = None, request: Msg | None = None
+        self,
+        code: str,
+        timeout: float = CELL_TIMEOUT,
+        stdin_answer: str | None = None,
+        request: Msg | None = None,
+        started: asyncio.Event | None = None,
     ) -> CellResult:
-        """Send an execute_request; gather until its execute_reply and its iopub idle have both arrived."""
+        """Send an execute_request; gather until its execute_reply and its iopub idle have both arrived.
+
+        ``started`` is set at the cell's first stream output (so a test can act while the cell runs)."""
         request = request or execute_request(code, allow_stdin=stdin_answer is not None)
         msg_id = request["header"]["msg_id"]
         await self.send(request)
@@ -140,6 +147,8 @@ class Frontend:
                 await self.send(answer)
             elif msg["channel"] == "iopub":
                 iopub.append(msg)
+                if started is not None and msg["header"]["msg_type"] == "stream":
+                    started.set()
                 if msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     idle = True
         return CellResult(reply, iopub, stdin)
@@ -288,14 +297,14 @@ async def test_stdin_input(jupyter: JupyterServer, kernel_id: str) -> None:
 
 async def test_interrupt_through_jupyter_server(jupyter: JupyterServer, kernel_id: str) -> None:
     async with frontend(jupyter, kernel_id) as fe, jupyter.client() as c:
-        task = asyncio.create_task(fe.run_cell("import time\ntime.sleep(30)", timeout=25))
-        await asyncio.sleep(1.5)
-        assert not task.done()
-        started = time.monotonic()
+        running = asyncio.Event()
+        code = "import time\nprint('running', flush=True)\ntime.sleep(120)"
+        task = asyncio.create_task(fe.run_cell(code, timeout=110, started=running))
+        await asyncio.wait_for(running.wait(), 60)
         r = await c.post(f"/api/kernels/{kernel_id}/interrupt")
         assert r.status_code == 204, r.text
-        result = await asyncio.wait_for(task, 15)
-        assert time.monotonic() - started < 10
+        # Well before the cell's own end: only the interrupt can have stopped it.
+        result = await asyncio.wait_for(task, 100)
         assert result.reply["content"]["status"] == "error"
         assert result.reply["content"]["ename"] == "KeyboardInterrupt"
         # And the kernel takes the next cell.

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -61,6 +61,21 @@ def value(reply: dict[str, Any]) -> str:
     assert results, reply
     text: str = results[-1]["data"]["text/plain"]
     return text
+
+
+def session_view(svc: Service, session: str) -> dict[str, Any]:
+    view: dict[str, Any] = httpx.get(f"{svc.url}/sessions/{session}", headers=svc.headers, timeout=30).json()
+    return view
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (bounded in time and count) until it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting until {what}")
 
 
 def owner_url(svc: Service, session: str) -> str | None:
@@ -140,17 +155,18 @@ def test_paused_owner_cannot_commit_after_losing_its_lease(tmp_path: Path, redis
         def late_cell() -> None:
             box["r"] = httpx.post(
                 f"{a.url}/execute",
-                json={"session": sid, "code": "import time\ntime.sleep(3)\nx = 'A-late'"},
+                json={"session": sid, "code": "import time\ntime.sleep(5)\nx = 'A-late'"},
                 headers=a.headers,
-                timeout=60,
+                timeout=120,
             )
 
         worker = threading.Thread(target=late_cell)
         worker.start()
-        time.sleep(0.8)
+        wait_until(lambda: session_view(a, sid).get("execution_state") == "busy", "A runs the late cell")
         os.kill(a.proc.pid, signal.SIGSTOP)
         try:
-            time.sleep(4.5)  # past the 3 s lease
+            # Only once A's lease lapsed may B take the session (the store says so, not a clock in the test).
+            wait_until(lambda: session_view(b, sid).get("owner") is None, "A's lease lapses")
             reply = run(b, "x", sid)
             assert value(reply) == "'A'"
             assert reply["restored"] is not None
@@ -184,13 +200,7 @@ def test_redis_outage_keeps_owned_sessions_running_with_pending_checkpoints(tmp_
             assert ready.status_code == 503
             assert ready.json()["store"].startswith("unreachable")
             srv.start()
-            deadline = time.monotonic() + 30
-            committed = False
-            while time.monotonic() < deadline and not committed:
-                info = httpx.get(f"{a.url}/sessions/{sid}", headers=a.headers, timeout=10)
-                committed = info.status_code == 200 and info.json()["checkpoint"]["status"] == "committed"
-                time.sleep(0.5)
-            assert committed
+            wait_until(lambda: session_view(a, sid)["checkpoint"]["status"] == "committed", "the commit lands")
             a.proc.kill()
             a.proc.wait(10)
             assert value(run(b, "x", sid)) == "2"

@@ -11,17 +11,17 @@ import time
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from notebook_state.errors import OwnedElsewhere, SessionNotFound, StateError
-from notebook_state.session import Session
-from notebook_state.types import KernelMessage
-
 from ..auth import is_authorized
 from ..deps import Gateway
-from ..errors import error_body
+from ..errors import error_body, status_of
+from ..forward import is_forwarded
 from ..metrics import Metrics
+from ..placement import Owner
 from ..relay import relay
 from ..responses import JSONResponse
-from ..routing import OwnerGone, is_forwarded
+from ..sessions.errors import SessionNotFound, StateError
+from ..sessions.session import Session
+from ..types import KernelMessage
 from ..wsproto import (
     V1_SUBPROTOCOL,
     ProtocolError,
@@ -116,7 +116,7 @@ class ChannelConnection:
                 log.warning("session %s: dropped a malformed WebSocket message: %s", self.session.id, exc)
                 continue
             self.metrics.ws_messages.labels("in").inc()
-            await self.session.forward(self, msg)
+            await self.session.submit(self, msg)
 
     async def _write(self) -> None:
         ws = self.ws
@@ -164,30 +164,22 @@ async def channels(websocket: WebSocket, kernel_id: str) -> None:
         await _deny(websocket, 503, "this replica is shutting down")
         return
     v1 = V1_SUBPROTOCOL in websocket.scope.get("subprotocols", [])
+
+    async def here(session: Session) -> None:
+        await websocket.accept(subprotocol=V1_SUBPROTOCOL if v1 else None)
+        settings = gw.settings
+        conn = ChannelConnection(websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics)
+        if session.restored is not None and session.connections == set():
+            # Tell the frontend this kernel came back from a checkpoint, and at which execution count.
+            conn.deliver(session.status_message(session.execution_state, {"restored": session.restored.to_json()}))
+        await conn.run()
+
+    async def there(owner: Owner) -> None:
+        await relay(websocket, owner, v1, gw.manager.replica_id)
+
     try:
-        session = await gw.manager.resolve(kernel_id)
-    except OwnedElsewhere as owner:
-        if not is_forwarded(websocket):
-            try:
-                await relay(websocket, owner.url, kernel_id, v1, gw.manager.replica_id)
-                return
-            except OwnerGone:
-                pass
-        try:
-            session = await gw.manager.take_over(kernel_id, owner.epoch)
-        except StateError as exc:
-            await _deny(websocket, 421, str(exc))
-            return
+        await gw.placement.serve(kernel_id, is_forwarded(websocket), here, there)
     except SessionNotFound:
         await _deny(websocket, 404, f"kernel {kernel_id!r} does not exist")
-        return
     except StateError as exc:
-        await _deny(websocket, 503, str(exc))
-        return
-    await websocket.accept(subprotocol=V1_SUBPROTOCOL if v1 else None)
-    settings = gw.settings
-    conn = ChannelConnection(websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics)
-    if session.restored is not None and session.connections == set():
-        # Tell the frontend this kernel came back from a checkpoint, and at which execution count.
-        conn.deliver(session.status_message(session.execution_state, {"restored": session.restored.to_json()}))
-    await conn.run()
+        await _deny(websocket, status_of(exc), str(exc))

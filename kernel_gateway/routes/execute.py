@@ -10,14 +10,13 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from notebook_state.execution import ExecutionResult
-from notebook_state.session import Session
-from notebook_state.types import JSONDict
-
 from ..deps import Authorized, Gateway, GatewayDep
+from ..forward import on_owner
 from ..models import ExecuteReply, ExecuteRequest
 from ..responses import JSONResponse
-from ..routing import on_owner
+from ..sessions.execution import ExecutionResult
+from ..sessions.session import Session
+from ..types import JSONDict
 
 router = APIRouter(tags=["execute"], dependencies=[Authorized])
 

@@ -10,15 +10,14 @@ from fastapi import APIRouter, Body, Request, Response
 from jupyter_client.kernelspec import NoSuchKernel
 from starlette.responses import FileResponse
 
-from notebook_state.errors import KernelSpecNotFound
-from notebook_state.session import Session, iso
-from notebook_state.store import SessionRecord
-
 from .. import __version__
 from ..deps import Authorized, GatewayDep, ManagerDep, SettingsDep
+from ..forward import delete_anywhere, on_owner
 from ..models import CreateKernelRequest, KernelModel
 from ..responses import JSONResponse
-from ..routing import delete_anywhere, on_owner
+from ..sessions.errors import KernelSpecNotFound
+from ..sessions.session import Session
+from ..views import kernel_model
 
 router = APIRouter(tags=["jupyter"], dependencies=[Authorized])
 
@@ -73,37 +72,27 @@ async def kernelspec_resource(name: str, resource: str, manager: ManagerDep) -> 
     return FileResponse(path, media_type=media_type)
 
 
-def _model(record: SessionRecord, session: Session | None) -> dict[str, Any]:
-    if session is not None:
-        return session.model()
-    return {
-        "id": record.id,
-        "name": record.kernel_name,
-        "last_activity": iso(record.last_activity or record.created),
-        "execution_state": "idle",
-        "connections": 0,
-    }
-
-
 @router.get("/api/kernels", summary="Every kernel (session) in the store", response_model=list[KernelModel])
 async def list_kernels(manager: ManagerDep) -> JSONResponse:
     records = await manager.records()
-    return JSONResponse([_model(r, manager.sessions.get(r.id)) for r in records])
+    return JSONResponse([kernel_model(r, manager.sessions.get(r.id)) for r in records])
 
 
 @router.post("/api/kernels", status_code=201, summary="Start a kernel", response_model=KernelModel)
 async def start_kernel(manager: ManagerDep, body: CreateKernelRequest | None = Body(None)) -> JSONResponse:
     body = body or CreateKernelRequest()
     session = await manager.create(kernel_name=body.name, env=body.env)
-    return JSONResponse(session.model(), status_code=201, headers={"Location": f"/api/kernels/{session.id}"})
+    return JSONResponse(
+        kernel_model(None, session), status_code=201, headers={"Location": f"/api/kernels/{session.id}"}
+    )
 
 
 @router.get("/api/kernels/{kernel_id}", summary="One kernel", response_model=KernelModel)
 async def get_kernel(kernel_id: str, manager: ManagerDep) -> JSONResponse:
     session = manager.sessions.get(kernel_id)
     if session is not None:
-        return JSONResponse(session.model())
-    return JSONResponse(_model(await manager.record(kernel_id), None))
+        return JSONResponse(kernel_model(None, session))
+    return JSONResponse(kernel_model(await manager.record(kernel_id), None))
 
 
 @router.delete("/api/kernels/{kernel_id}", status_code=204, summary="Shut a kernel down and delete its state")
@@ -128,6 +117,6 @@ async def interrupt_kernel(kernel_id: str, request: Request, gw: GatewayDep) -> 
 async def restart_kernel(kernel_id: str, request: Request, gw: GatewayDep) -> Response:
     async def here(session: Session) -> Response:
         await session.restart()
-        return JSONResponse(session.model())
+        return JSONResponse(kernel_model(None, session))
 
     return await on_owner(gw, request, kernel_id, here)

@@ -6,12 +6,12 @@ import time
 
 from fastapi import APIRouter, Body, Request, Response
 
-from notebook_state.session import Session
-
 from ..deps import Authorized, GatewayDep, ManagerDep
+from ..forward import delete_anywhere, on_owner
 from ..models import CreateSessionRequest, SessionInfo
 from ..responses import JSONResponse
-from ..routing import delete_anywhere, describe, on_owner
+from ..sessions.session import Session
+from ..views import session_info
 
 router = APIRouter(tags=["sessions"], dependencies=[Authorized])
 
@@ -20,7 +20,7 @@ router = APIRouter(tags=["sessions"], dependencies=[Authorized])
 async def list_sessions(manager: ManagerDep) -> JSONResponse:
     now = time.time()
     records = await manager.records()
-    return JSONResponse([describe(r, manager.sessions.get(r.id), now) for r in records])
+    return JSONResponse([session_info(r, manager.sessions.get(r.id), now) for r in records])
 
 
 @router.post("/sessions", status_code=201, response_model=SessionInfo, summary="Create a session")
@@ -29,7 +29,7 @@ async def create_session(manager: ManagerDep, body: CreateSessionRequest | None 
     session = await manager.create(session_id=body.id, kernel_name=body.kernel_name)
     record = session.persistence.record if session.persistence else None
     return JSONResponse(
-        describe(record, session, time.time()), status_code=201, headers={"Location": f"/sessions/{session.id}"}
+        session_info(record, session, time.time()), status_code=201, headers={"Location": f"/sessions/{session.id}"}
     )
 
 
@@ -40,7 +40,7 @@ async def create_session(manager: ManagerDep, body: CreateSessionRequest | None 
 )
 async def get_session(session_id: str, manager: ManagerDep) -> JSONResponse:
     record = await manager.record(session_id)
-    return JSONResponse(describe(record, manager.sessions.get(session_id), time.time()))
+    return JSONResponse(session_info(record, manager.sessions.get(session_id), time.time()))
 
 
 @router.post("/sessions/{session_id}/checkpoint", summary="Checkpoint the session now")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -22,7 +21,16 @@ from typing import TypeVar
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .checkpoint import Checkpointer
+from notebook_state.checkpoint import Checkpointer
+from notebook_state.persistence import Persistence
+from notebook_state.signing import Signer, VerificationError
+from notebook_state.store import SessionRecord, StateStore, StoreUnavailable
+from notebook_state.types import SESSION_ID_PATTERN, StateObserver
+
+from ..kernels.factory import KernelFactory, scratch_parent
+from ..kernels.kernel import Kernel
+from ..kernels.pool import KernelPool
+from ..types import ManagerSettings
 from .errors import (
     CheckpointRejected,
     Draining,
@@ -35,20 +43,12 @@ from .errors import (
     StoreDown,
 )
 from .execution import ExecutionResult, OutputCallback
-from .housekeeping import evict_idle, keep_leases
-from .kernel import Kernel
-from .kernel_factory import KernelFactory, scratch_parent
-from .persistence import Persistence
-from .pool import KernelPool
+from .housekeeping import LeaseKeeper, evict_idle
+from .rest_cell import run_rest_cell
 from .session import Session
-from .signing import Signer, VerificationError
-from .store import SessionRecord, StateStore, StoreUnavailable
-from .types import ManagerSettings, StateObserver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass
@@ -112,9 +112,12 @@ class SessionManager:
         self.check_kernel_name(self.settings.kernel_name)
         self.pool.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(keep_leases(self)))
+        keeper = LeaseKeeper(
+            self.sessions, self.store, self.replica_id, lambda: self.url, self.settings.lease_ttl, self._lease_lost
+        )
+        self._tasks.append(loop.create_task(keeper.run()))
         if self.settings.evict_idle_after > 0:
-            self._tasks.append(loop.create_task(evict_idle(self)))
+            self._tasks.append(loop.create_task(evict_idle(self.sessions, self.settings.evict_idle_after, self.evict)))
 
     # -- kernelspecs -------------------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class SessionManager:
         session.created = record.created
         return session
 
-    async def resolve(self, session_id: str, may_forward: bool = True) -> Session:
+    async def resolve(self, session_id: str) -> Session:
         """The live session, here: restored onto this replica if no live replica owns it.
 
         Raises OwnedElsewhere (with the owner's address) when another replica's lease is live and the
@@ -287,8 +290,8 @@ class SessionManager:
         if self.draining:
             raise Draining()
         try:
-            return await session.execute(
-                code, timeout, self.settings.output_limit, self.settings.interrupt_grace, on_output
+            return await run_rest_cell(
+                session, code, timeout, self.settings.output_limit, self.settings.interrupt_grace, on_output
             )
         except LeaseLost:
             await self.drop(session, release=False)
@@ -322,6 +325,9 @@ class SessionManager:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(session.id, self.replica_id, session.persistence.epoch)
         await session.close(dead=dead)
+
+    async def _lease_lost(self, session: Session) -> None:
+        await self.drop(session, release=False)
 
     async def evict(self, session: Session) -> bool:
         """Free an idle session's kernel; its committed checkpoint is restored on next use."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .types import JSONDict, KernelMessage
+from ..types import JSONDict, KernelMessage
 
 TRUNCATION_MARKER = "\n[output truncated: the cell wrote more than {limit} bytes]\n"
 

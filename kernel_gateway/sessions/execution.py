@@ -7,8 +7,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..types import Channel, JSONDict, KernelMessage
 from .outputs import OutputCollector
-from .types import Channel, JSONDict, KernelMessage
 
 OutputCallback = Callable[[JSONDict], None]
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .checkpoint import CheckpointOutcome
-from .errors import LeaseLost
+from notebook_state.checkpoint import CheckpointOutcome
+from notebook_state.errors import LeaseLost
+
+from ..kernels.kernel import KernelDied
+from ..types import Channel
 from .execution import CellRun, ExecutionResult, ExecutionStatus, OutputCallback
-from .kernel import KernelDied
-from .types import Channel
+from .session import KERNEL_DIED_NOTICE, Session
 
-if TYPE_CHECKING:
-    from .session import Session
-
-KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
 TIMEOUT_RESTART_NOTICE = "the cell did not stop after an interrupt, so its kernel was replaced"
 
 

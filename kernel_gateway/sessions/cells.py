@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .types import Channel, KernelMessage, Subscriber
+from ..types import Channel, KernelMessage, Subscriber
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-from .errors import KernelStartFailed
-from .kernel import Kernel, KernelState
+from .kernel import Kernel, KernelStartFailed, KernelState
 
 log = logging.getLogger(__name__)
 

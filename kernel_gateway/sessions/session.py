@@ -9,20 +9,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from notebook_state.checkpoint import CheckpointOutcome, RestoreReport
+from notebook_state.errors import LeaseLost
+from notebook_state.persistence import Persistence
+
+from ..kernels.kernel import Kernel, KernelState
+from ..types import Channel, JSONDict, KernelMessage, Subscriber
 from .cells import CellQueue
-from .checkpoint import CheckpointOutcome, RestoreReport
-from .errors import LeaseLost
-from .execution import CellRun, ExecutionResult, OutputCallback
-from .kernel import Kernel, KernelState
-from .persistence import Persistence
-from .rest_cell import KERNEL_DIED_NOTICE, run_rest_cell
-from .types import Channel, JSONDict, KernelMessage, Subscriber
+from .execution import CellRun
 
 log = logging.getLogger(__name__)
 
 KernelSource = Callable[[], Awaitable[Kernel]]
 
 STATE_LOST_NOTICE = "the session's variables were lost (no checkpoint to restore)"
+KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
 
 
 class SessionState(enum.Enum):
@@ -106,7 +107,7 @@ class Session:
         for msg_id in [k for k, v in self._routes.items() if v is conn]:
             del self._routes[msg_id]
 
-    async def forward(self, conn: Subscriber, msg: KernelMessage) -> None:
+    async def submit(self, conn: Subscriber, msg: KernelMessage) -> None:
         """Send a frontend's message to the kernel, remembering who should get the reply."""
         self.last_activity = time.time()
         await self._kernel_ready.wait()
@@ -146,18 +147,7 @@ class Session:
             log.warning("session %s: lease lost; this replica stops serving it", self.id)
             raise
 
-    # -- REST execution (notebook_state.rest_cell) -------------------------------------------------------
-
-    async def execute(
-        self,
-        code: str,
-        timeout: float,
-        output_limit: int,
-        interrupt_grace: float,
-        on_output: OutputCallback | None = None,
-    ) -> ExecutionResult:
-        """Run one cell and return once its checkpoint committed (or is explicitly pending)."""
-        return await run_rest_cell(self, code, timeout, output_limit, interrupt_grace, on_output)
+    # -- for REST cells (kernel_gateway.sessions.rest_cell) ---------------------------------------------
 
     def route(self, msg_id: str, subscriber: Subscriber) -> None:
         self._routes[msg_id] = subscriber
@@ -299,7 +289,7 @@ class Session:
         if self.persistence is not None:
             self.persistence.forget(kernel)
 
-    # -- views -------------------------------------------------------------------------------------------
+    # -- state -------------------------------------------------------------------------------------------
 
     async def wait_idle(self) -> None:
         """Return once no cell of this session is running or waiting, from any frontend."""
@@ -309,33 +299,3 @@ class Session:
     @property
     def busy(self) -> bool:
         return self.execution_state == "busy" or self.lock.locked() or self.cells.busy
-
-    def model(self) -> JSONDict:
-        """The kernel model of the Jupyter API."""
-        return {
-            "id": self.id,
-            "name": self.kernel_name,
-            "last_activity": iso(self.last_activity),
-            "execution_state": self.execution_state,
-            "connections": len(self.connections),
-        }
-
-    def info(self) -> JSONDict:
-        """The session as the REST face describes it (the store adds its checkpoint and owner)."""
-        return {
-            "id": self.id,
-            "kernel_name": self.kernel_name,
-            "state": self.state.value,
-            "execution_state": self.execution_state,
-            "execution_count": self.execution_count,
-            "created": iso(self.created),
-            "last_activity": iso(self.last_activity),
-            "connections": len(self.connections),
-            "kernel_restarts": self.kernel_restarts,
-            "kernel_alive": self.kernel.state is KernelState.READY,
-            "restored": self.restored.to_json() if self.restored else None,
-        }
-
-
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"

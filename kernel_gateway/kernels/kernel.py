@@ -24,8 +24,9 @@ import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM
 
-from .errors import KernelStartFailed
-from .types import Channel, JSONDict, KernelListener, KernelMessage
+from notebook_state.errors import StateError
+
+from ..types import Channel, JSONDict, KernelListener, KernelMessage
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class KernelState(enum.Enum):
     READY = "ready"
     DEAD = "dead"
     SHUT_DOWN = "shut_down"
+
+
+class KernelStartFailed(StateError):
+    """A kernel did not start (or answer) within its startup timeout."""
 
 
 class KernelDied(Exception):
@@ -152,6 +157,12 @@ class Kernel:
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._calls.pop(msg.msg_id, None)
+
+    async def execute_silent(self, code: str, timeout: float) -> JSONDict:
+        """The service's own code (capture, restore, env): no history, no outputs to frontends."""
+        content = {"code": code, "silent": True, "store_history": False, "user_expressions": {}, "allow_stdin": False}
+        reply = await self.call(Channel.SHELL, "execute_request", content, timeout=timeout)
+        return reply.content
 
     # -- receiving ---------------------------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import zmq.asyncio
 
-from .checkpoint import Checkpointer, run_in_kernel
+from notebook_state.checkpoint import Checkpointer, run_in_kernel
+
+from ..types import ManagerSettings
 from .kernel import Kernel, start_kernel
-from .types import ManagerSettings
 
 _ENV_CALL_TIMEOUT = 10.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -1,0 +1,131 @@
+"""The service's Protocols and message types, so that its layers meet on types rather than on classes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from notebook_state.types import JSONDict, SessionId
+
+__all__ = [
+    "Channel",
+    "JSONDict",
+    "KernelListener",
+    "KernelMessage",
+    "ManagerSettings",
+    "SessionDirectory",
+    "SessionId",
+    "Subscriber",
+]
+
+
+class Channel(enum.StrEnum):
+    """The Jupyter messaging channels a frontend talks on (heartbeat stays inside the service)."""
+
+    SHELL = "shell"
+    IOPUB = "iopub"
+    STDIN = "stdin"
+    CONTROL = "control"
+
+
+@dataclass(slots=True)
+class KernelMessage:
+    """One message from or to a kernel, with its four JSON parts decoded.
+
+    ``raw`` keeps the parts exactly as they crossed the wire, when known, so that forwarding to a WebSocket
+    need not encode them again.
+    """
+
+    channel: Channel
+    header: JSONDict
+    parent_header: JSONDict
+    metadata: JSONDict
+    content: JSONDict
+    buffers: list[bytes] = field(default_factory=list)
+    raw: list[bytes] | None = None
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header.get("msg_type", ""))
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header.get("msg_id", ""))
+
+    @property
+    def parent_id(self) -> str:
+        return str(self.parent_header.get("msg_id", ""))
+
+
+class Subscriber(Protocol):
+    """Something that receives a session's kernel messages: a WebSocket connection or a REST cell run."""
+
+    def deliver(self, msg: KernelMessage) -> None:
+        """Take one message. Must not block: the kernel's reader calls it."""
+
+
+class KernelListener(Protocol):
+    """The owner of a kernel, told of everything the kernel sends and of its death."""
+
+    def on_kernel_message(self, msg: KernelMessage) -> None: ...
+
+    def on_kernel_died(self, kernel_id: str) -> None: ...
+
+
+class ManagerSettings(Protocol):
+    """What the session manager needs to know from the service's settings."""
+
+    @property
+    def kernel_name(self) -> str: ...
+
+    @property
+    def pool_size(self) -> int: ...
+
+    @property
+    def kernel_startup_timeout(self) -> float: ...
+
+    @property
+    def interrupt_grace(self) -> float: ...
+
+    @property
+    def output_limit(self) -> int: ...
+
+    @property
+    def evict_idle_after(self) -> float: ...
+
+    @property
+    def checkpoint(self) -> bool: ...
+
+    @property
+    def preload_modules(self) -> list[str]: ...
+
+    @property
+    def checkpoint_timeout(self) -> float: ...
+
+    @property
+    def lease_ttl(self) -> float: ...
+
+    @property
+    def session_ttl(self) -> float: ...
+
+    @property
+    def allowed_kernel_env_prefix(self) -> str: ...
+
+
+S_co = TypeVar("S_co", covariant=True)
+
+
+class SessionDirectory(Protocol[S_co]):
+    """Finds a session's live object on this replica, restoring it here when no live replica owns it.
+
+    Generic in the session type so that this module depends on nothing of the service's own.
+    """
+
+    async def resolve(self, session_id: str) -> S_co:
+        """The live session here; raises OwnedElsewhere when another replica's lease is live."""
+        ...
+
+    async def take_over(self, session_id: str, epoch: int) -> S_co:
+        """Take a session whose owner is provably gone, if its lease epoch is still ``epoch``."""
+        ...
