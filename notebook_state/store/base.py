@@ -38,6 +38,7 @@ class SessionRecord:
     checkpoint_at: float | None = None
     variables: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # the KERNEL_* variables its frontend asked for
+    tenant: str = ""  # whose token created it; for every other tenant it does not exist ("" with no tenants)
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -49,6 +50,7 @@ class SessionRecord:
             "checkpoint_at": repr(self.checkpoint_at) if self.checkpoint_at is not None else "",
             "variables": json.dumps(self.variables),
             "env": json.dumps(self.env),
+            "tenant": self.tenant,
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class SessionRecord:
             checkpoint_at=float(fields["checkpoint_at"]) if fields.get("checkpoint_at") else None,
             variables=json.loads(fields.get("variables") or "[]"),
             env=json.loads(fields.get("env") or "{}"),
+            tenant=fields.get("tenant", ""),
         )
 
 
