@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from urllib.parse import urlencode
 
 import websockets
 from fastapi import WebSocket
@@ -24,6 +25,10 @@ async def relay(websocket: WebSocket, owner: Owner, v1: bool, replica_id: str) -
     Raises ``OwnerGone`` (before accepting the client) when the owner refuses the connection.
     """
     url = "ws" + owner.url.rstrip("/").removeprefix("http") + f"/api/kernels/{owner.session_id}/channels"
+    client_session = websocket.query_params.get("session_id")
+    if client_session is not None:
+        # The owner keeps what a cut socket missed under this key; a reconnect through any replica resumes it.
+        url += "?" + urlencode({"session_id": client_session})
     headers = {FORWARDED: replica_id}
     auth = websocket.headers.get("authorization")
     if auth:
