@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     ws_send_queue: int = Field(
         10_000, ge=16, description="Messages buffered for one slow WebSocket client before it is dropped."
     )
+    ws_replay_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Bytes of kernel messages a session keeps while no WebSocket is attached, replayed to the "
+        "next connection of the same client session (?session_id=) so that a cut socket loses no output.",
+    )
     shutdown_grace: float = Field(30.0, ge=0, description="On SIGTERM, seconds that running cells get to finish.")
     allowed_kernel_env_prefix: str = Field(
         "KERNEL_", description="Only env vars with this prefix from POST /api/kernels reach the kernel."

@@ -112,6 +112,9 @@ class ManagerSettings(Protocol):
     @property
     def allowed_kernel_env_prefix(self) -> str: ...
 
+    @property
+    def ws_replay_bytes(self) -> int: ...
+
 
 S_co = TypeVar("S_co", covariant=True)
 

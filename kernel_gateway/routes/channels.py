@@ -56,6 +56,8 @@ class ChannelConnection:
     ) -> None:
         self.ws = ws
         self.session = session
+        # The frontend's own session id (JupyterLab sends it in the URL): a reconnect naming it resumes.
+        self.client_session = ws.query_params.get("session_id")
         self.v1 = v1
         self.state = ConnectionState.OPEN
         self.idle_timeout = idle_timeout
@@ -81,7 +83,7 @@ class ChannelConnection:
                 self._queue.put_nowait(None)
 
     async def run(self) -> None:
-        self.session.attach(self)
+        self.session.attach(self, self.client_session)
         self.metrics.ws_connections.inc()
         writer = asyncio.get_running_loop().create_task(self._write())
         reader = asyncio.get_running_loop().create_task(self._read())
@@ -89,7 +91,7 @@ class ChannelConnection:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.state = ConnectionState.CLOSED
-            self.session.detach(self)
+            self.session.detach(self, self.client_session)
             self.metrics.ws_connections.dec()
             reader.cancel()
             writer.cancel()

@@ -175,7 +175,7 @@ class SessionManager:
             if self.settings.checkpoint and name == self.settings.kernel_name
             else None
         )
-        session = Session(record.id, kernel, acquire, persistence)
+        session = Session(record.id, kernel, acquire, persistence, self.settings.ws_replay_bytes)
         session.created = record.created
         return session
 

@@ -17,6 +17,7 @@ from ..kernels.kernel import Kernel, KernelState
 from ..types import Channel, JSONDict, KernelMessage, Subscriber
 from .cells import CellQueue
 from .execution import CellRun
+from .replay import ReplayBuffer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,12 @@ class Session:
     """
 
     def __init__(
-        self, session_id: str, kernel: Kernel, acquire: KernelSource, persistence: Persistence | None = None
+        self,
+        session_id: str,
+        kernel: Kernel,
+        acquire: KernelSource,
+        persistence: Persistence | None = None,
+        replay_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.id = session_id
         self.kernel = kernel
@@ -55,6 +61,9 @@ class Session:
         self.restored: RestoreReport | None = None
         self.lock = asyncio.Lock()
         self.connections: set[Subscriber] = set()
+        # What arrives while no frontend is attached, for the next one of the same client session.
+        self.replay: ReplayBuffer | None = None
+        self._replay_bytes = replay_bytes
         self._routes: dict[str, Subscriber] = {}
         self._acquire = acquire
         self._kernel_ready = asyncio.Event()
@@ -78,10 +87,12 @@ class Session:
                 if isinstance(count, int):
                     self.execution_count = count
             route = self._routes.get(msg.parent_id)
-            if route is not None and route not in self.connections:
+            if route is not None and route not in self.connections and route is not self.replay:
                 route.deliver(msg)
             for conn in list(self.connections):
                 conn.deliver(msg)
+            if self.replay is not None:
+                self.replay.deliver(msg)
             return
         route = self._routes.get(msg.parent_id)
         if route is None:
@@ -99,13 +110,34 @@ class Session:
 
     # -- frontends ---------------------------------------------------------------------------------------
 
-    def attach(self, conn: Subscriber) -> None:
+    def attach(self, conn: Subscriber, client_session: str | None = None) -> None:
+        """A frontend connects. One that resumes the client session of the last one to leave first gets what
+        the kernel said meanwhile (in order, before anything newer), and the replies still owed to it."""
+        buffered, self.replay = self.replay, None
+        if buffered is not None:
+            resumes = client_session is not None and client_session == buffered.client_session
+            for msg_id in [k for k, v in self._routes.items() if v is buffered]:
+                if resumes:
+                    self._routes[msg_id] = conn
+                else:
+                    del self._routes[msg_id]
+            if resumes:
+                for msg in buffered.drain():
+                    conn.deliver(msg)
         self.connections.add(conn)
 
-    def detach(self, conn: Subscriber) -> None:
+    def detach(self, conn: Subscriber, client_session: str | None = None) -> None:
+        """A frontend leaves. If it was the last one and named its client session, start keeping what the
+        kernel says, and the replies owed to it, for its reconnect."""
         self.connections.discard(conn)
+        keep = client_session is not None and not self.connections and self.state is not SessionState.CLOSED
+        if keep and self.replay is None:
+            self.replay = ReplayBuffer(client_session or "", self._replay_bytes, max_messages=100_000)
         for msg_id in [k for k, v in self._routes.items() if v is conn]:
-            del self._routes[msg_id]
+            if keep and self.replay is not None:
+                self._routes[msg_id] = self.replay
+            else:
+                del self._routes[msg_id]
 
     async def submit(self, conn: Subscriber, msg: KernelMessage) -> None:
         """Send a frontend's message to the kernel, remembering who should get the reply."""
@@ -260,6 +292,8 @@ class Session:
         msg = self.status_message(state, extra)
         for conn in list(self.connections):
             conn.deliver(msg)
+        if self.replay is not None:
+            self.replay.deliver(msg)
 
     def status_message(self, state: str, extra: JSONDict | None = None) -> KernelMessage:
         return self.kernel.new_message(Channel.IOPUB, "status", {"execution_state": state, **(extra or {})})
@@ -277,6 +311,7 @@ class Session:
             if isinstance(route, CellRun):
                 route.abort()
         self._routes.clear()
+        self.replay = None
         self.cells.reset()
         if dead:
             self.broadcast_status("dead")
