@@ -280,10 +280,18 @@ class Checkpointer:
         )
 
 
+def capture_error(report: JSONDict) -> str:
+    """What the kernel said went wrong: the tracker writes a list (``errors``), a crash one string (``error``)."""
+    found = [str(e).splitlines()[0] for e in report.get("errors") or [] if str(e).strip()]
+    if report.get("error"):
+        found.append(str(report["error"]))
+    return "; ".join(found) or "the kernel could not checkpoint"
+
+
 def _read_capture(out: Path) -> tuple[JSONDict, dict[str, bytes]]:
     errors = out / "errors.json"
     if errors.exists():
-        raise CheckpointError(json.loads(errors.read_text()).get("error", "the kernel could not checkpoint"))
+        raise CheckpointError(capture_error(json.loads(errors.read_text())))
     manifest: JSONDict = json.loads((out / "manifest.json").read_text())
     blobs: dict[str, bytes] = {}
     for gid, group in manifest.get("groups", {}).items():
