@@ -18,7 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from .errors import CheckpointError
+from .handover import MAX_BYTES, off_loop, read_capture_async, read_json, take_auto_async
 from .signing import Signer, VerificationError
 from .store import Commit, SessionRecord, StateStore, StoreUnavailable
 from .types import JSONDict, KernelLink, StateObserver
@@ -77,10 +80,6 @@ class RestoreReport:
         }
 
 
-class CheckpointError(Exception):
-    pass
-
-
 @dataclass
 class SessionCheckpoints:
     """What this replica knows of one session's stored checkpoint, to write only what changed."""
@@ -116,8 +115,15 @@ class Checkpointer:
         self.timeout = timeout
         self.ttl = ttl
 
+    max_handover_bytes = MAX_BYTES
+    """The largest checkpoint a kernel may hand over: it is read into the service's memory."""
+
+    def kernel_dir(self, kernel: KernelLink) -> Path:
+        """The kernel's own directory: a sandboxed kernel sees this one and no other kernel's."""
+        return self.runtime_dir / kernel.id
+
     def auto_dir(self, kernel: KernelLink) -> Path:
-        return self.runtime_dir / f"auto-{kernel.id}"
+        return self.kernel_dir(kernel) / "auto"
 
     async def install(self, kernel: KernelLink, timeout: float) -> None:
         """Load the capture module into a new kernel, writing each cell's checkpoint into its auto dir."""
@@ -127,9 +133,14 @@ class Checkpointer:
     def forget(self, kernel: KernelLink) -> None:
         shutil.rmtree(self.auto_dir(kernel), ignore_errors=True)
 
-    def _workdir(self, kind: str) -> Path:
-        path = self.runtime_dir / f"{kind}-{uuid.uuid4().hex[:12]}"
+    def _workdir(self, kernel: KernelLink, kind: str) -> Path:
+        parent = self.kernel_dir(kernel)
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = parent / f"{kind}-{uuid.uuid4().hex[:12]}"
         path.mkdir(mode=0o700)
+        owner = parent.stat()
+        if owner.st_uid != os.geteuid():  # the kernel runs as a uid of its own: the directory is its to use
+            os.chown(path, owner.st_uid, owner.st_gid)
         return path
 
     # -- capture -----------------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ class Checkpointer:
         started = time.perf_counter()
         for full in (False, True):
             try:
-                taken = None if full else await _take_auto_async(self.auto_dir(kernel))
+                taken = None if full else await self._take_auto(kernel)
                 manifest, blobs = taken or await self._capture(kernel, full)
             except (CheckpointError, TimeoutError, OSError, ValueError) as exc:
                 outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint failed: {exc}")
@@ -156,6 +167,9 @@ class Checkpointer:
             # restore, say): then capture again, writing every group.
             if all(k in state.macs for k in referenced):
                 break
+        for key in [k for k in state.unsent if k not in referenced]:
+            # Superseded before it was sent (the store was unreachable): only the latest checkpoint is kept.
+            del state.unsent[key]
         envelope = json.dumps(
             {"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: state.macs[k] for k in referenced}},
             separators=(",", ":"),
@@ -216,12 +230,15 @@ class Checkpointer:
             state.last.status = CheckpointStatus.COMMITTED
         return True
 
+    async def _take_auto(self, kernel: KernelLink) -> tuple[JSONDict, dict[str, bytes]] | None:
+        return await take_auto_async(self.auto_dir(kernel), self.max_handover_bytes, self.timeout)
+
     async def _capture(self, kernel: KernelLink, full: bool) -> tuple[JSONDict, dict[str, bytes]]:
-        out = self._workdir("ckpt")
+        out = self._workdir(kernel, "ckpt")
         try:
             code = f"__import__('notebook_state.capture').capture.checkpoint({str(out)!r}, full={full})"
             await run_in_kernel(kernel, code, self.timeout)
-            return await asyncio.to_thread(_read_capture, out)
+            return await read_capture_async(out, self.max_handover_bytes, self.timeout)
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -254,12 +271,12 @@ class Checkpointer:
                 for name in groups[gid].get("names", []):
                     lost[name] = f"not restored: {exc}"
         manifest = {**manifest, "groups": {gid: groups[gid] for gid in good}}
-        in_dir = self._workdir("restore")
+        in_dir = self._workdir(kernel, "restore")
         try:
             await asyncio.to_thread(_write_restore, in_dir, manifest, good)
             await run_in_kernel(kernel, f"__import__('notebook_state.capture').capture.restore({str(in_dir)!r})",
                                 self.timeout)  # fmt: skip
-            report: JSONDict = await asyncio.to_thread(lambda: json.loads((in_dir / "report.json").read_text()))
+            report = await off_loop(lambda: read_json(in_dir, "report.json"), self.timeout)
         finally:
             shutil.rmtree(in_dir, ignore_errors=True)
         state.committed_keys = {keys[gid] for gid in good}
@@ -280,66 +297,14 @@ class Checkpointer:
         )
 
 
-def capture_error(report: JSONDict) -> str:
-    """What the kernel said went wrong: the tracker writes a list (``errors``), a crash one string (``error``)."""
-    found = [str(e).splitlines()[0] for e in report.get("errors") or [] if str(e).strip()]
-    if report.get("error"):
-        found.append(str(report["error"]))
-    return "; ".join(found) or "the kernel could not checkpoint"
-
-
-def _read_capture(out: Path) -> tuple[JSONDict, dict[str, bytes]]:
-    errors = out / "errors.json"
-    if errors.exists():
-        raise CheckpointError(capture_error(json.loads(errors.read_text())))
-    manifest: JSONDict = json.loads((out / "manifest.json").read_text())
-    blobs: dict[str, bytes] = {}
-    for gid, group in manifest.get("groups", {}).items():
-        if group.get("written"):
-            blobs[gid] = (out / f"{gid}.bin").read_bytes()
-    return manifest, blobs
-
-
-_INLINE_READ = 256 * 1024
-
-
-async def _take_auto_async(auto_dir: Path) -> tuple[JSONDict, dict[str, bytes]] | None:
-    """Read a typical cell's few-KB checkpoint (tmpfs) on the loop: a thread hop would cost more than the
-    read; a big one goes to a thread."""
-    try:
-        entries = sorted(os.scandir(auto_dir), key=lambda e: e.name)
-    except FileNotFoundError:
-        return None
-    if not entries:
-        return None
-    try:
-        size = sum(f.stat().st_size for f in os.scandir(entries[-1].path))
-    except OSError:
-        size = _INLINE_READ
-    if size < _INLINE_READ:
-        return _take_auto(auto_dir)
-    return await asyncio.to_thread(_take_auto, auto_dir)
-
-
-def _take_auto(auto_dir: Path) -> tuple[JSONDict, dict[str, bytes]] | None:
-    """The checkpoint the kernel wrote as its last cell ended, if any; consumed (and older ones dropped)."""
-    try:
-        entries = sorted(auto_dir.iterdir())
-    except FileNotFoundError:
-        return None
-    if not entries:
-        return None
-    try:
-        return _read_capture(entries[-1])
-    except (CheckpointError, OSError, ValueError):
-        return None
-    finally:
-        for entry in entries:
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 def _write_restore(in_dir: Path, manifest: JSONDict, blobs: dict[str, list[bytes]]) -> None:
+    # The directory is inside the kernel's own: create each file afresh, never through a link put there.
     for gid, chunks in blobs.items():
-        with open(in_dir / f"{gid}.bin", "wb") as f:
+        with _create(in_dir / f"{gid}.bin") as f:
             f.writelines(chunks)
-    (in_dir / "manifest.json").write_text(json.dumps(manifest))
+    with _create(in_dir / "manifest.json") as f:
+        f.write(json.dumps(manifest).encode())
+
+
+def _create(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb")

@@ -19,3 +19,7 @@ class LeaseLost(StateError):
             f"session {session_id!r} is now owned by another replica; this cell's effects were not committed"
         )
         self.session_id = session_id
+
+
+class CheckpointError(Exception):
+    """The kernel could not produce a checkpoint, or service code run in the kernel raised."""
