@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# JupyterLab whose kernels run on a Serverless Kernel Gateway (no kernel runs in this container).
+# JupyterLab whose kernels run on a Serverless Kernel Gateway (no kernel runs in this container), with
+# skg_jupyter's gateway classes, so that an idle tab lets the gateway scale to zero.
 # Build from the repository root:
 #   docker build -f docker/jupyterlab.Dockerfile -t REGISTRY/skg-jupyterlab:TAG .
 # Run:
@@ -16,6 +17,10 @@ RUN pip install --no-cache-dir "jupyterlab==4.6.6" "jupyterhub==6.1.1" "dumb-ini
     && useradd --no-log-init --uid 1000 --gid 100 --create-home --home-dir /home/jovyan --shell /bin/bash jovyan
 
 COPY --chmod=0755 docker/start-jupyterlab.sh /usr/local/bin/start-jupyterlab.sh
+# skg_jupyter (needs only jupyter_server): the idle-closing gateway socket and the cached kernel list that let
+# an idle tab leave a scale-to-zero gateway alone; start-jupyterlab.sh selects its classes.
+COPY skg_jupyter/ /usr/local/lib/python3.11/site-packages/skg_jupyter/
+RUN python -c "import skg_jupyter"
 
 ENV PORT=8888
 WORKDIR /home/jovyan

@@ -3,6 +3,7 @@ properties the Kubernetes manifests rely on, and docker/start-jupyterlab.sh run 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -12,10 +13,13 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import skg_jupyter
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -291,6 +295,12 @@ def test_jupyterlab_image() -> None:
     assert re.search(r"jupyterlab==\d", runs), "pin JupyterLab"
     copies = [ins for ins in final if ins.keyword == "COPY"]
     assert any("docker/start-jupyterlab.sh" in ins.args for ins in copies)
+    # skg_jupyter, which start-jupyterlab.sh names, goes where the image's Python finds it.
+    base = next(ins.args.split()[0] for ins in final if ins.keyword == "FROM")
+    minor = re.match(r"python:(3\.\d+)", base)
+    assert minor, base
+    site = f"/usr/local/lib/python{minor.group(1)}/site-packages/skg_jupyter/"
+    assert any(copy_sources(ins) == ["skg_jupyter/"] and ins.args.split()[-1] == site for ins in copies)
     entry = " ".join(ins.args for ins in final if ins.keyword in ("ENTRYPOINT", "CMD"))
     assert "start-jupyterlab.sh" in entry
 
@@ -336,7 +346,7 @@ def test_start_command_points_jupyterlab_at_the_gateway() -> None:
     )
     assert cmd[:2] == ["jupyter", "lab"]
     assert "--gateway-url=https://skg-gateway.skg.example.com" in cmd, "trailing slash dropped"
-    assert f"--GatewayClient.auth_token={token}" in cmd
+    assert not any(token in arg or "auth_token" in arg for arg in cmd), "the token never goes on a command line"
     assert "--ip=0.0.0.0" in cmd
     assert "--port=9999" in cmd
     assert cmd[-2:] == ["--ServerApp.root_dir=/home/jovyan/work", "an arg with spaces"], "extra args pass through"
@@ -354,7 +364,6 @@ def test_start_accepts_the_jupyter_variable_names_and_env_dry_run() -> None:
         )
     )
     assert "--gateway-url=http://skg-gateway.skg.svc.cluster.local" in cmd
-    assert "--GatewayClient.auth_token=tok" in cmd
     assert "--port=8888" in cmd, "PORT defaults to 8888"
 
 
@@ -370,7 +379,10 @@ def test_start_prefers_skg_variables() -> None:
             "--print-command",
         )
     )
-    assert "--gateway-url=http://a:1" in cmd and "--GatewayClient.auth_token=t1" in cmd
+    assert "--gateway-url=http://a:1" in cmd
+    both = {"SKG_GATEWAY_URL": "http://a:1", "SKG_GATEWAY_TOKEN": "t1", "JUPYTER_GATEWAY_AUTH_TOKEN": "t2"}
+    _, environ = ran_with(both)
+    assert environ == {"JUPYTER_GATEWAY_AUTH_TOKEN": "t1", "SKG_GATEWAY_TOKEN": ""}
 
 
 def test_start_without_token_warns_and_sends_none() -> None:
@@ -393,6 +405,7 @@ def test_start_without_gateway_url_fails_clearly() -> None:
         ({"SKG_GATEWAY_URL": "http://gw", "PORT": "eighty"}, "PORT"),
         ({"SKG_GATEWAY_URL": "http://gw", "PORT": "70000"}, "PORT"),
         ({"SKG_GATEWAY_URL": "http://gw", "SKG_GATEWAY_REQUEST_TIMEOUT": "soon"}, "SKG_GATEWAY_REQUEST_TIMEOUT"),
+        ({"SKG_GATEWAY_URL": "http://gw", "SKG_GATEWAY_IDLE_TIMEOUT": "-1"}, "SKG_GATEWAY_IDLE_TIMEOUT"),
     ],
 )
 def test_start_rejects_bad_settings(env: dict[str, str], message: str) -> None:
@@ -401,23 +414,72 @@ def test_start_rejects_bad_settings(env: dict[str, str], message: str) -> None:
     assert message in proc.stderr
 
 
-def test_start_execs_jupyter_lab(tmp_path: Path) -> None:
-    """Without the dry run the script execs `jupyter` (a stand-in here) with exactly the printed arguments."""
-    fake = tmp_path / "jupyter"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
-    fake.chmod(0o755)
-    env = {"SKG_GATEWAY_URL": "http://gw:80", "SKG_GATEWAY_TOKEN": "t"}
-    proc = subprocess.run(
-        [BASH, str(START), "--LabApp.x=1"],
-        env={"PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}", **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+def ran_with(env: dict[str, str], *args: str) -> tuple[list[str], dict[str, str]]:
+    """Run the script for real with a stand-in `jupyter` on PATH; return the arguments it was exec'd with and the
+    gateway variables in its environment."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        bin_dir = Path(tmpdir)
+        fake = bin_dir / "jupyter"
+        fake.write_text(
+            "#!/bin/sh\n"
+            'for a in "$@"; do printf "arg %s\\n" "$a"; done\n'
+            'printf "env JUPYTER_GATEWAY_AUTH_TOKEN %s\\n" "${JUPYTER_GATEWAY_AUTH_TOKEN-}"\n'
+            'printf "env SKG_GATEWAY_TOKEN %s\\n" "${SKG_GATEWAY_TOKEN-}"\n'
+        )
+        fake.chmod(0o755)
+        proc = subprocess.run(
+            [BASH, str(START), *args],
+            env={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     assert proc.returncode == 0, proc.stderr
-    executed = ["jupyter", *proc.stdout.splitlines()]
-    assert executed == printed_command(run_start(env, "--print-command", "--LabApp.x=1"))
+    lines = proc.stdout.splitlines()
+    argv = [line.removeprefix("arg ") for line in lines if line.startswith("arg ")]
+    environ = dict(line.removeprefix("env ").partition(" ")[::2] for line in lines if line.startswith("env "))
+    return argv, environ
+
+
+def test_start_execs_jupyter_lab() -> None:
+    """Without the dry run the script execs `jupyter` with exactly the printed arguments, and hands the token
+    over in the environment only."""
+    env = {"SKG_GATEWAY_URL": "http://gw:80", "SKG_GATEWAY_TOKEN": "t0k3n"}
+    argv, environ = ran_with(env, "--LabApp.x=1")
+    assert ["jupyter", *argv] == printed_command(run_start(env, "--print-command", "--LabApp.x=1"))
+    assert environ == {"JUPYTER_GATEWAY_AUTH_TOKEN": "t0k3n", "SKG_GATEWAY_TOKEN": ""}
+    assert not any("t0k3n" in a for a in argv)
+
+
+def test_start_uses_skg_jupyter() -> None:
+    """The idle-closing gateway socket and the cached kernel list (README.md): the same options skg_jupyter
+    documents, each naming a class that exists, and the idle timeout from SKG_GATEWAY_IDLE_TIMEOUT."""
+    cmd = printed_command(run_start({"SKG_GATEWAY_URL": "http://gw"}, "--print-command"))
+    for option in skg_jupyter.SERVER_OPTIONS:
+        assert option in cmd
+        module, _, name = option.split("=", 1)[1].rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type)
+    assert "--IdleClosingGatewayWebSocketConnection.idle_timeout=120" in cmd
+    tuned = printed_command(
+        run_start({"SKG_GATEWAY_URL": "http://gw", "SKG_GATEWAY_IDLE_TIMEOUT": "0"}, "--print-command")
+    )
+    assert "--IdleClosingGatewayWebSocketConnection.idle_timeout=0" in tuned
+
+
+@pytest.mark.parametrize(
+    "leading",
+    [["jupyterhub-singleuser"], ["jupyter", "labhub"], ["jupyter", "lab"], ["jupyter-lab"], ["start-jupyterlab.sh"]],
+)
+def test_start_drops_a_leading_command(leading: list[str]) -> None:
+    """Zero to JupyterHub's singleuser.cmd (jupyterhub-singleuser by default) reaches the script as its first
+    arguments (KubeSpawner sets the container's args; the image's entrypoint is this script): the server must
+    start once, with the arguments that follow."""
+    env = {"SKG_GATEWAY_URL": "http://gw:8080", "JUPYTERHUB_API_TOKEN": "hub"}
+    cmd = printed_command(run_start(env, "--print-command", *leading, "--ServerApp.allow_origin=https://hub"))
+    assert cmd[0] == "jupyterhub-singleuser"
+    assert not set(leading) & set(cmd[1:])
+    assert cmd[-1] == "--ServerApp.allow_origin=https://hub"
 
 
 def test_start_under_jupyterhub_runs_the_single_user_server() -> None:
