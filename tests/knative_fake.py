@@ -1,12 +1,13 @@
 """A FAKE Kubernetes API server for tests -- NOT Kubernetes, NOT Knative.
 
 An in-process aiohttp server on 127.0.0.1 that answers the REST paths kubernetes_asyncio's CustomObjectsApi
-calls for ``serving.knative.dev/v1 services`` (create, get, replace, delete), so that the KnativeSpawner is
-tested with the real client library over real HTTP. It plays the Knative controller crudely: a created or
-replaced Service reports Ready=Unknown, then Ready=True with a URL after ``ready_delay`` seconds (never if it is
-None); a deleted Service carries a deletionTimestamp for ``delete_delay`` seconds, then is gone. Every other path
-(the core API included) answers 404, and every request is recorded in ``requests`` so tests can check that the
-spawner touches nothing but Knative Services.
+calls for ``serving.knative.dev/v1 services`` (create, get, replace, delete) and CoreV1Api calls for
+``persistentvolumeclaims`` (create, get, delete), so that the KnativeSpawner is tested with the real client
+library over real HTTP. It plays the Knative controller crudely: a created or replaced Service reports
+Ready=Unknown, then Ready=True with a URL after ``ready_delay`` seconds (never if it is None); a deleted Service
+carries a deletionTimestamp for ``delete_delay`` seconds, then is gone. ``address`` is the template of
+``status.address.url`` (a test can point it at a server of its own). Every other path answers 404, and every
+request is recorded in ``requests`` so tests can check that the spawner touches nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 
 Obj = dict[str, Any]
 PREFIX = "/apis/serving.knative.dev/v1/namespaces/{ns}/services"
+PVCS = "/api/v1/namespaces/{ns}/persistentvolumeclaims"
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -33,7 +35,9 @@ class FakeKnativeApi:
     ready_delay: float | None = 0.3
     delete_delay: float = 0.2
     domain: str = "example.com"
+    address: str = "http://{name}.{ns}.svc.cluster.local"
     services: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    claims: dict[tuple[str, str], Obj] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -47,6 +51,9 @@ class FakeKnativeApi:
         app.router.add_get(PREFIX + "/{name}", self._get)
         app.router.add_put(PREFIX + "/{name}", self._replace)
         app.router.add_delete(PREFIX + "/{name}", self._delete)
+        app.router.add_post(PVCS, self._create_claim)
+        app.router.add_get(PVCS + "/{name}", self._get_claim)
+        app.router.add_delete(PVCS + "/{name}", self._delete_claim)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -97,7 +104,7 @@ class FakeKnativeApi:
             "observedGeneration": generation,
             "conditions": [{"type": "Ready", "status": "True"}],
             "url": f"http://{name}.{ns}.{self.domain}",
-            "address": {"url": f"http://{name}.{ns}.svc.cluster.local"},
+            "address": {"url": self.address.format(name=name, ns=ns)},
         }
 
     def fail(self, ns: str, name: str, reason: str = "RevisionFailed", message: str = "image pull failed") -> None:
@@ -160,4 +167,29 @@ class FakeKnativeApi:
         obj["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
         uid = obj["metadata"]["uid"]
         self._later(self.delete_delay, lambda: self.remove(ns, name, uid))
+        return web.json_response(obj)
+
+    # -- PersistentVolumeClaims: stored as given, nothing else ---------------------------------------------------
+
+    async def _create_claim(self, request: web.Request) -> web.Response:
+        ns = request.match_info["ns"]
+        body: Obj = await request.json()
+        name = body["metadata"]["name"]
+        if (ns, name) in self.claims:
+            return _status(409, "AlreadyExists", f'persistentvolumeclaims "{name}" already exists')
+        obj = copy.deepcopy(body)
+        obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion="1")
+        self.claims[(ns, name)] = obj
+        return web.json_response(obj, status=201)
+
+    async def _get_claim(self, request: web.Request) -> web.Response:
+        obj = self.claims.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return _status(404, "NotFound", "persistentvolumeclaims not found")
+        return web.json_response(obj)
+
+    async def _delete_claim(self, request: web.Request) -> web.Response:
+        obj = self.claims.pop((request.match_info["ns"], request.match_info["name"]), None)
+        if obj is None:
+            return _status(404, "NotFound", "persistentvolumeclaims not found")
         return web.json_response(obj)

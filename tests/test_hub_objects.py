@@ -17,6 +17,7 @@ from hub.knativespawner.objects import (
     Scaling,
     dropped_fields,
     make_knative_service,
+    pod_fields,
     readiness,
     service_url,
 )
@@ -103,6 +104,8 @@ def test_scales_to_zero_and_to_at_most_one() -> None:
     spec = svc["spec"]["template"]["spec"]
     assert spec["containerConcurrency"] == 0
     assert spec["timeoutSeconds"] <= 600  # fits a default Knative install
+    # Knative cuts a WebSocket at the first of the three (knative/serving#16169): none is shorter.
+    assert spec["timeoutSeconds"] == spec["responseStartTimeoutSeconds"] == spec["idleTimeoutSeconds"]
     tuned = build(scaling=Scaling(scale_to_zero_retention="10m", timeout_seconds=3600))
     tuned_annotations = tuned["spec"]["template"]["metadata"]["annotations"]
     assert tuned_annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] == "10m"
@@ -121,7 +124,11 @@ def test_container_comes_from_the_pod() -> None:
     assert c["securityContext"] == {"runAsUser": 1000, "runAsGroup": 100, "allowPrivilegeEscalation": False}
     assert "lifecycle" not in c
     assert c["readinessProbe"]["httpGet"]["path"] == "/api"
-    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+    assert "periodSeconds" not in c["readinessProbe"], "a readiness period turns off Knative's fast start-up probing"
+    assert c["volumeMounts"] == [
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": "/home/jovyan"},
+    ]
 
 
 def test_env_has_the_hub_env_and_the_gateway() -> None:
@@ -153,7 +160,12 @@ def test_fields_knative_refuses_are_dropped_and_reported() -> None:
         "automountServiceAccountToken", "containers", "volumes", "containerConcurrency", "timeoutSeconds",
         "responseStartTimeoutSeconds", "idleTimeoutSeconds",
     }  # fmt: skip
-    assert spec["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    # The user's home PVC is kept by default (its files must outlive scale to zero): it needs Knative's
+    # persistent-volume-claim and persistent-volume-write flags, which the README has the cluster enable.
+    assert spec["volumes"] == [
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "home", "persistentVolumeClaim": {"claimName": "claim-alice"}},
+    ]
     assert len(spec["containers"]) == 1
     assert dropped_fields(POD) == [
         "spec.containers[0].lifecycle",
@@ -163,8 +175,25 @@ def test_fields_knative_refuses_are_dropped_and_reported() -> None:
         "spec.restartPolicy",
         "spec.securityContext",
         "spec.tolerations",
-        "spec.volumes[home]",
     ]
+    # On a cluster with default flags the PVC goes (and is reported); its mount goes with it.
+    plain = build(features=[])["spec"]["template"]["spec"]
+    assert plain["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert [m["name"] for m in plain["containers"][0]["volumeMounts"]] == ["scratch"]
+    assert "spec.volumes[home]" in dropped_fields(POD, [])
+
+
+def test_feature_flags_let_pod_fields_in() -> None:
+    flags = ["securitycontext", "nodeselector", "tolerations", "persistent-volume-claim"]
+    spec = build(features=flags)["spec"]["template"]["spec"]
+    assert spec["securityContext"] == {"fsGroup": 100}
+    assert spec["nodeSelector"] == {"pool": "users"}
+    assert spec["tolerations"] == POD["spec"]["tolerations"]
+    assert "initContainers" not in spec and "restartPolicy" not in spec
+    assert "spec.securityContext" not in dropped_fields(POD, flags)
+    assert pod_fields([]) < pod_fields(flags)
+    with pytest.raises(ValueError, match="unknown Knative feature flags"):
+        pod_fields(["podspec-securitycontext"])  # the flag's name, not its config-features key
 
 
 def test_refuses_what_cannot_work() -> None:

@@ -1,23 +1,19 @@
 """The Kubernetes API calls the spawner makes, one small method each, every call with its own timeout.
 
-Only Knative Services (``serving.knative.dev/v1 services``) are touched: get, create, replace, delete. That is
-all hub/rbac.yaml grants.
+Knative Services (``serving.knative.dev/v1 services``: get, create, replace, delete) and the user's
+PersistentVolumeClaim (create, delete). That is all hub/rbac.yaml grants.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-from kubernetes_asyncio.client import ApiClient, Configuration, CustomObjectsApi
+from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from .objects import GROUP, PLURAL, VERSION, Obj
-
-T = TypeVar("T")
 
 
 def make_api_client(host: str = "", verify_ssl: bool | None = None, ssl_ca_cert: str = "") -> ApiClient:
@@ -33,6 +29,11 @@ def make_api_client(host: str = "", verify_ssl: bool | None = None, ssl_ca_cert:
     return ApiClient(configuration=config)
 
 
+async def _bounded(coro: Awaitable[Any], timeout: float) -> Obj:
+    """One API call, bounded by aiohttp's timeout and by the event loop too (a hung connect, DNS...)."""
+    return cast(Obj, await asyncio.wait_for(coro, timeout + 1))
+
+
 class KnativeServices:
     """Knative Services in one namespace. ``None`` from get/delete means: no such Service."""
 
@@ -43,9 +44,8 @@ class KnativeServices:
         self.request_timeout = request_timeout
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Obj:
-        """One API call, bounded both by aiohttp's timeout and by the event loop (a hung connect, DNS...)."""
         coro = method(GROUP, VERSION, self.namespace, PLURAL, *args, _request_timeout=self.request_timeout, **kwargs)
-        return cast(Obj, await asyncio.wait_for(coro, self.request_timeout + 1))
+        return await _bounded(coro, self.request_timeout)
 
     async def get(self, name: str) -> Obj | None:
         try:
@@ -86,25 +86,36 @@ class KnativeServices:
         return await self.replace(name, updated)
 
 
-async def poll_until(
-    check: Callable[[], Awaitable[T | None]],
-    timeout: float,
-    *,
-    first_delay: float = 0.1,
-    factor: float = 2.0,
-    max_delay: float = 5.0,
-    what: str = "condition",
-) -> T:
-    """Call ``check`` until it returns something else than None, sleeping with capped exponential backoff
-    (with jitter) in between; TimeoutError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = first_delay
-    while True:
-        result = await check()
-        if result is not None:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"{what}: not reached in {timeout:g} s")
-        await asyncio.sleep(min(delay * random.uniform(0.8, 1.2), remaining))
-        delay = min(delay * factor, max_delay)
+class VolumeClaims:
+    """PersistentVolumeClaims in one namespace: the user's home volume, as KubeSpawner makes it."""
+
+    def __init__(self, api_client: ApiClient, namespace: str, request_timeout: float = 10.0) -> None:
+        self.api = CoreV1Api(api_client)
+        self.namespace = namespace
+        self.request_timeout = request_timeout
+
+    async def ensure(self, body: Any) -> bool:
+        """Create the claim; True if it was created, False if it existed already (the user's files)."""
+        coro = self.api.create_namespaced_persistent_volume_claim(
+            self.namespace, body, _request_timeout=self.request_timeout
+        )
+        try:
+            await _bounded(coro, self.request_timeout)
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete(self, name: str) -> bool:
+        """Delete the claim; False if there was none."""
+        coro = self.api.delete_namespaced_persistent_volume_claim(
+            name, self.namespace, _request_timeout=self.request_timeout
+        )
+        try:
+            await _bounded(coro, self.request_timeout)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True

@@ -21,7 +21,8 @@ PLURAL = "services"
 
 # PodSpec fields Knative Serving accepts under its default feature flags (pkg/apis/serving/fieldmask.go). The
 # rest of KubeSpawner's pod (affinity, tolerations, nodeSelector, pod securityContext, initContainers,
-# schedulerName, priorityClassName, restartPolicy...) needs a `kubernetes.podspec-*` flag and is dropped.
+# schedulerName, priorityClassName, restartPolicy...) needs a `kubernetes.podspec-*` flag and is dropped
+# unless the flag is named in `features`.
 KNATIVE_POD_FIELDS = frozenset(
     {
         "serviceAccountName",
@@ -32,6 +33,26 @@ KNATIVE_POD_FIELDS = frozenset(
         "automountServiceAccountToken",
     }
 )
+# Knative's `kubernetes.podspec-<flag>` feature flags (config-features) and the PodSpec field each one lets in.
+FEATURE_POD_FIELDS = {
+    "affinity": "affinity",
+    "dnsconfig": "dnsConfig",
+    "dnspolicy": "dnsPolicy",
+    "hostaliases": "hostAliases",
+    "init-containers": "initContainers",
+    "nodeselector": "nodeSelector",
+    "priorityclassname": "priorityClassName",
+    "runtimeclassname": "runtimeClassName",
+    "schedulername": "schedulerName",
+    "securitycontext": "securityContext",
+    "tolerations": "tolerations",
+    "topologyspreadconstraints": "topologySpreadConstraints",
+}
+# A user's files live on a PVC (z2jh `singleuser.storage.type: dynamic`); without it they are gone when the
+# server scales to zero. Knative needs `kubernetes.podspec-persistent-volume-claim: enabled` for the volume and
+# `kubernetes.podspec-persistent-volume-write: enabled` to mount it read-write (knative/README.md, hub/README.md).
+PVC_FEATURES = frozenset({"persistent-volume-claim", "persistent-volume-write"})
+DEFAULT_FEATURES = PVC_FEATURES
 # Container fields Knative keeps (ContainerMask); `lifecycle`, `stdin`, `tty`... are refused by its webhook.
 KNATIVE_CONTAINER_FIELDS = frozenset(
     {
@@ -66,6 +87,20 @@ KNATIVE_SECURITY_CONTEXT_FIELDS = frozenset(
 )
 # Volume sources allowed by default; persistentVolumeClaim needs kubernetes.podspec-persistent-volume-claim.
 KNATIVE_VOLUME_SOURCES = frozenset({"emptyDir", "configMap", "secret", "projected"})
+
+
+def pod_fields(features: Iterable[str] = DEFAULT_FEATURES) -> frozenset[str]:
+    """The PodSpec fields a Knative Service may carry on a cluster with these feature flags enabled."""
+    unknown = set(features) - set(FEATURE_POD_FIELDS) - PVC_FEATURES
+    if unknown:
+        raise ValueError(f"unknown Knative feature flags: {sorted(unknown)} (known: {sorted(FEATURE_POD_FIELDS)})")
+    return KNATIVE_POD_FIELDS | {FEATURE_POD_FIELDS[f] for f in features if f in FEATURE_POD_FIELDS}
+
+
+def volume_sources(features: Iterable[str] = DEFAULT_FEATURES) -> frozenset[str]:
+    return KNATIVE_VOLUME_SOURCES | ({"persistentVolumeClaim"} if "persistent-volume-claim" in features else set())
+
+
 # Environment variables Knative sets itself and refuses in a container's env.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091})
@@ -108,8 +143,12 @@ class Scaling:
     window: str = "300s"
     scale_to_zero_retention: str = "0s"
     container_concurrency: int = 0  # 0: unlimited, a JupyterLab tab makes many concurrent requests
-    timeout_seconds: int = 600  # a default Knative install allows at most 600 (max-revision-timeout-seconds)
-    response_start_timeout_seconds: int = 300
+    # Knative's queue-proxy cuts a WebSocket at the first of these three (it sees no bytes on an upgraded
+    # connection, knative/serving#16169), so all three are equal: the browser's sockets to JupyterLab last as
+    # long as the cluster allows (600 s on a default install, max-revision-timeout-seconds). JupyterLab then
+    # reconnects, and skg_jupyter answers the reconnect without waking the gateway.
+    timeout_seconds: int = 600
+    response_start_timeout_seconds: int = 600
     idle_timeout_seconds: int = 600
 
     def annotations(self) -> dict[str, str]:
@@ -130,10 +169,11 @@ def _pick(obj: Mapping[str, Any], keys: Iterable[str]) -> Obj:
     return {k: copy.deepcopy(obj[k]) for k in keys if k in obj and obj[k] is not None}
 
 
-def dropped_fields(pod_manifest: Mapping[str, Any], pod_fields: frozenset[str] = KNATIVE_POD_FIELDS) -> list[str]:
+def dropped_fields(pod_manifest: Mapping[str, Any], features: Iterable[str] = DEFAULT_FEATURES) -> list[str]:
     """The parts of the pod that the Knative Service leaves out (for a warning), as dotted paths."""
     spec: Mapping[str, Any] = pod_manifest.get("spec") or {}
-    out = [f"spec.{k}" for k, v in spec.items() if k not in pod_fields and v not in (None, [], {})]
+    allowed, sources = pod_fields(features), volume_sources(features)
+    out = [f"spec.{k}" for k, v in spec.items() if k not in allowed and v not in (None, [], {})]
     containers = spec.get("containers") or []
     out += [f"spec.containers[{i}]" for i in range(1, len(containers))]
     if containers:
@@ -141,7 +181,7 @@ def dropped_fields(pod_manifest: Mapping[str, Any], pod_fields: frozenset[str] =
         sc = containers[0].get("securityContext") or {}
         out += [f"spec.containers[0].securityContext.{k}" for k in sc if k not in KNATIVE_SECURITY_CONTEXT_FIELDS]
     for volume in spec.get("volumes") or []:
-        if not set(volume) - {"name"} <= KNATIVE_VOLUME_SOURCES:
+        if not set(volume) - {"name"} <= sources:
             out.append(f"spec.volumes[{volume.get('name')}]")
     return sorted(out)
 
@@ -176,7 +216,9 @@ def _container(pod_container: Mapping[str, Any], port: int, gateway: Gateway, pr
     # Knative serves one port and sets $PORT from it; "http1" because JupyterLab needs HTTP/1.1 upgrades.
     container["ports"] = [{"name": "http1", "containerPort": port}]
     probe: Obj = {"httpGet": {"path": probe_path}}
-    container.setdefault("readinessProbe", {**probe, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3})
+    # No periodSeconds on readiness: Knative then probes aggressively while the pod starts (a cold start
+    # becomes ready as soon as the server answers, not at the next period).
+    container.setdefault("readinessProbe", {**probe, "timeoutSeconds": 2, "failureThreshold": 3})
     container.setdefault("livenessProbe", {**probe, "periodSeconds": 30, "timeoutSeconds": 5, "failureThreshold": 3})
     return container
 
@@ -193,13 +235,14 @@ def make_knative_service(
     scaling: Scaling | None = None,
     probe_path: str = "/api",
     cluster_local: bool = True,
-    pod_fields: frozenset[str] = KNATIVE_POD_FIELDS,
+    features: Iterable[str] = DEFAULT_FEATURES,
 ) -> Obj:
     """One Knative Service running the user's server from the pod KubeSpawner would have created.
 
     ``labels``/``annotations`` go on the Service and (with the pod's own) on its revision template.
     ``probe_path`` is the user server's unauthenticated status path (``{base_url}api`` for jupyter_server).
     ``cluster_local`` keeps the Service off the public ingress: only the hub's proxy reaches it.
+    ``features`` are the cluster's enabled ``kubernetes.podspec-*`` flags: the pod fields they allow are kept.
     """
     scaling = scaling or Scaling()
     spec: Mapping[str, Any] = pod_manifest.get("spec") or {}
@@ -210,16 +253,17 @@ def make_knative_service(
     template_labels = {**(meta.get("labels") or {}), **(labels or {})}
     template_annotations = {**(meta.get("annotations") or {}), **(annotations or {}), **scaling.annotations()}
 
+    allowed, sources = pod_fields(features), volume_sources(features)
     revision: Obj = {
-        k: v for k, v in _pick(spec, pod_fields).items() if k not in {"containers", "volumes"} and v not in ([], {})
+        k: v for k, v in _pick(spec, allowed).items() if k not in {"containers", "volumes"} and v not in ([], {})
     }
     revision["containerConcurrency"] = scaling.container_concurrency
     revision["timeoutSeconds"] = scaling.timeout_seconds
     revision["responseStartTimeoutSeconds"] = scaling.response_start_timeout_seconds
     revision["idleTimeoutSeconds"] = scaling.idle_timeout_seconds
     revision["containers"] = [_container(containers[0], port, gateway, probe_path)]
-    volumes = [copy.deepcopy(v) for v in spec.get("volumes") or [] if set(v) - {"name"} <= KNATIVE_VOLUME_SOURCES]
-    if "volumes" in pod_fields and volumes:
+    volumes = [copy.deepcopy(v) for v in spec.get("volumes") or [] if set(v) - {"name"} <= sources]
+    if volumes:
         revision["volumes"] = volumes
         kept = {v["name"] for v in volumes}
         mounts = [m for m in revision["containers"][0].get("volumeMounts") or [] if m["name"] in kept]

@@ -3,7 +3,7 @@
 The pod is KubeSpawner's (image, resources, env with JUPYTERHUB_API_TOKEN..., profile list, volumes);
 :func:`hub.knativespawner.objects.make_knative_service` wraps it; this class is glue: it calls the API
 (:mod:`hub.knativespawner.client`), waits, and reports progress. KubeSpawner's pod/event reflectors are never
-started, so the hub needs RBAC on Knative Services only (hub/rbac.yaml).
+started, so the hub needs RBAC on Knative Services and PersistentVolumeClaims only (hub/rbac.yaml).
 """
 
 from __future__ import annotations
@@ -11,23 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
+from jupyterhub.utils import exponential_backoff  # type: ignore[import-untyped]
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 from kubespawner import KubeSpawner
-from traitlets import Bool, Dict, Enum, Float, Integer, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
-from .client import KnativeServices, make_api_client, poll_until
+from .client import KnativeServices, VolumeClaims, make_api_client
 from .objects import (
+    DEFAULT_FEATURES,
     Gateway,
     Obj,
     Scaling,
     dropped_fields,
     failure_message,
     make_knative_service,
+    pod_fields,
     readiness,
     service_url,
 )
@@ -61,8 +65,16 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
     extra_service_annotations = Dict(
         value_trait=Unicode(), help="Annotations on the Knative Service (not its revisions)."
     ).tag(config=True)
+    knative_features = List(
+        Unicode(),
+        default_value=sorted(DEFAULT_FEATURES),
+        help="The cluster's enabled Knative `kubernetes.podspec-<name>` feature flags (config-features), by name: "
+        "the pod fields they allow are kept. The default keeps the user's PersistentVolumeClaim, which needs "
+        "persistent-volume-claim and persistent-volume-write enabled; [] for a cluster with default flags.",
+    ).tag(config=True)
 
     _clients: ClassVar[dict[tuple[object, str], ApiClient]] = {}
+    _pvc_exists: bool  # KubeSpawner's: the claim is known to exist (kept in the state)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._events: list[Event] = []
@@ -77,14 +89,21 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
 
     # -- API access ------------------------------------------------------------------------------------------
 
-    @property
-    def services(self) -> KnativeServices:
+    def _api_client(self) -> ApiClient:
         key = (asyncio.get_running_loop(), self.k8s_api_host)
         client = self._clients.get(key)
         if client is None:
             client = make_api_client(self.k8s_api_host, self.k8s_api_verify_ssl, self.k8s_api_ssl_ca_cert)
             self._clients[key] = client
-        return KnativeServices(client, self.namespace, self.k8s_api_request_timeout)
+        return client
+
+    @property
+    def services(self) -> KnativeServices:
+        return KnativeServices(self._api_client(), self.namespace, self.k8s_api_request_timeout)
+
+    @property
+    def claims(self) -> VolumeClaims:
+        return VolumeClaims(self._api_client(), self.namespace, self.k8s_api_request_timeout)
 
     @classmethod
     async def close_clients(cls) -> None:
@@ -97,7 +116,7 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
         """Retry a call on transient errors (timeouts, connection errors, 429 and 5xx) with backoff."""
         box: list[T] = []
 
-        async def attempt() -> bool | None:
+        async def attempt() -> bool:
             try:
                 box.append(await call())
                 return True
@@ -107,9 +126,10 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
                 self.log.warning("%s: API server answered %s, retrying", what, e.status)
             except (TimeoutError, aiohttp.ClientError) as e:
                 self.log.warning("%s: %r, retrying", what, e)
-            return None
+            return False
 
-        await poll_until(attempt, self.k8s_api_request_retry_timeout, what=what)
+        await exponential_backoff(attempt, f"{what}: no success in {self.k8s_api_request_retry_timeout:g} s",
+                                  timeout=self.k8s_api_request_retry_timeout)  # fmt: skip
         return box[0]
 
     # -- the Service -----------------------------------------------------------------------------------------
@@ -131,15 +151,16 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
             scale_to_zero_retention=self.scale_to_zero_retention,
             container_concurrency=self.container_concurrency,
             timeout_seconds=self.revision_timeout_seconds,
-            response_start_timeout_seconds=min(300, self.revision_timeout_seconds),
+            response_start_timeout_seconds=self.revision_timeout_seconds,
             idle_timeout_seconds=self.revision_timeout_seconds,
         )
 
     async def get_service_manifest_knative(self) -> Obj:
         """The Knative Service for this server, from KubeSpawner's pod manifest."""
+        pod_fields(self.knative_features)  # an unknown flag name fails here, before anything is created
         pod = await self.get_pod_manifest()
         pod_dict: Obj = self.services.api_client.sanitize_for_serialization(pod)
-        dropped = dropped_fields(pod_dict)
+        dropped = dropped_fields(pod_dict, self.knative_features)
         if dropped:
             self.log.warning("Knative Service %s leaves out: %s", self.service_name, ", ".join(dropped))
         base_url = self.server.base_url if self.server else "/"
@@ -155,6 +176,7 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
             scaling=self._scaling(),
             probe_path=base_url.rstrip("/") + "/api",
             cluster_local=self.cluster_local,
+            features=self.knative_features,
         )
 
     # -- progress --------------------------------------------------------------------------------------------
@@ -192,11 +214,14 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
         await self.load_user_options()
         self._emit(0, f"Preparing Knative Service {self.namespace}/{self.service_name}")
         body = await self.get_service_manifest_knative()
+        await self._ensure_volume()
         await self._retry(lambda: self.services.create_or_replace(body), f"create {self.service_name}")
         self._emit(20, "Knative Service created, waiting for its revision to be Ready")
         timeout = self.ready_timeout or self.start_timeout
         try:
-            url = await poll_until(self._ready_url, timeout, what=f"Knative Service {self.service_name} Ready")
+            url: str = await exponential_backoff(
+                self._ready_url, f"Knative Service {self.service_name} not Ready", timeout=timeout, timeout_tolerance=0
+            )
         except TimeoutError as e:
             raise TimeoutError(
                 f"Knative Service {self.namespace}/{self.service_name} was not Ready within {timeout:g} s "
@@ -205,6 +230,16 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
             ) from e
         self._emit(90, f"Knative Service Ready at {url}")
         return url
+
+    async def _ensure_volume(self) -> None:
+        """The user's PersistentVolumeClaim, as KubeSpawner makes it (z2jh `singleuser.storage.type: dynamic`):
+        created on the first start, then found again on every start, so the files outlive scale to zero."""
+        if not self.storage_pvc_ensure or self._pvc_exists:
+            return
+        body: Obj = self._api_client().sanitize_for_serialization(self.get_pvc_manifest())
+        created = await self._retry(lambda: self.claims.ensure(body), f"create PVC {self.pvc_name}")
+        self._emit(10, f"{'Created' if created else 'Found'} PersistentVolumeClaim {self.pvc_name}")
+        self._pvc_exists = True  # persisted in the state (KubeSpawner.get_state), so a renamed template is safe
 
     _last_status = "no status yet"
 
@@ -230,7 +265,8 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
     async def poll(self) -> int | None:
         """None while the Service exists and is Ready (scaled to zero counts) or becoming so; 1 when gone/failed.
 
-        An API error is not taken for a dead server: None, and the next poll asks again.
+        An API error is not taken for a dead server: None, and the next poll asks again. Only the Kubernetes API
+        is asked, never the server itself, so polling does not wake a server scaled to zero.
         """
         try:
             service = await self.services.get(self.service_name)
@@ -239,10 +275,29 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
             return None
         if service is None or (service.get("metadata") or {}).get("deletionTimestamp"):
             return 1
-        if readiness(service) == "failed":
+        state = readiness(service)
+        if state == "failed":
             self.log.warning("Knative Service %s failed: %s", self.service_name, failure_message(service))
             return 1
+        if state == "ready" and self._check_pending:
+            self._trust_knative_readiness()
         return None
+
+    def _trust_knative_readiness(self) -> None:
+        """At hub start JupyterHub polls every running server and then checks it over HTTP (``User._wait_up``),
+        which would wake every user scaled to zero. Knative has just said Ready (it keeps a scaled-to-zero
+        revision Ready), so that check is answered from there, for this one check of this one server."""
+        server = self.server
+        if server is None:
+            return
+        version = getattr(self, "_jupyterhub_version", None)
+
+        async def wait_up(*args: Any, **kwargs: Any) -> SimpleNamespace:
+            del server.wait_up  # later checks (a new start) are real HTTP checks again
+            self.log.info("%s: Ready per Knative; not woken by an HTTP check", self.service_name)
+            return SimpleNamespace(headers={"X-JupyterHub-Version": version} if version else {})
+
+        server.wait_up = wait_up
 
     async def stop(self, now: bool = False) -> None:
         """Delete the Service; unless ``now``, wait until it (and, foreground, its revisions) is gone."""
@@ -251,10 +306,19 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
         if now:
             return
 
-        async def gone() -> bool | None:
-            return True if await self.services.get(name) is None else None
+        async def gone() -> bool:
+            return await self.services.get(name) is None
 
-        await poll_until(gone, self.stop_timeout, what=f"Knative Service {name} deleted")
+        await exponential_backoff(gone, f"Knative Service {name} not deleted in {self.stop_timeout:g} s",
+                                  timeout=self.stop_timeout)  # fmt: skip
 
     async def delete_forever(self) -> None:
-        """Nothing beyond stop(): this spawner creates no PVC or other per-user object."""
+        """The user (or the named server) is deleted: delete the PVC this spawner made, as KubeSpawner does
+        (``delete_pvc``), unless a named server shares it with the default server."""
+        if not self.storage_pvc_ensure or not self.delete_pvc:
+            return
+        if self.name and "{user_server}" not in self.pvc_name_template:
+            self.log.info("Not deleting %s: the named server %s shares it", self.pvc_name, self.name)
+            return
+        name = self.pvc_name
+        await self._retry(lambda: self.claims.delete(name), f"delete PVC {name}")
