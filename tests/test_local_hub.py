@@ -10,6 +10,7 @@ over the user server's kernel WebSocket. The kernel must be the gateway's: its i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -53,16 +54,23 @@ class LocalHub:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=30)
 
 
-def _pump(hub: LocalHub, ready: threading.Event) -> None:
+def _pump(hub: LocalHub) -> None:
     assert hub.proc.stdout is not None
     for line in hub.proc.stdout:
         hub.log.append(line)
-        if line.startswith("SKG_GATEWAY "):
-            hub.gateway_url = line.split()[1]
-        if line.startswith("SKG_HUB_LISTENING "):
-            hub.url = line.split()[1]
-            ready.set()
-    ready.set()
+
+
+def _wait_listening(hub: LocalHub, runtime: Path) -> None:
+    """The addresses from the file the local hub writes (atomically) once the hub answers: not parsed out of a
+    stream other processes may write to as well."""
+    path = runtime / "listening.json"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not path.exists():
+        assert hub.proc.poll() is None, "local hub exited:\n" + hub.text()
+        assert time.monotonic() < deadline, "local hub did not start:\n" + hub.text()
+        time.sleep(0.2)
+    listening = json.loads(path.read_text())
+    hub.url, hub.gateway_url = listening["hub"], listening["gateway"]
 
 
 def _stop(proc: subprocess.Popen[str]) -> int | None:
@@ -82,19 +90,20 @@ def _stop(proc: subprocess.Popen[str]) -> int | None:
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
     runtime = tmp_path_factory.mktemp("local-hub")
     cmd = [sys.executable, "-m", "hub.local", "--port", "0", "--runtime-dir", str(runtime)]
-    cmd += ["--password", PASSWORD, "--admin-token", ADMIN_TOKEN, "--gateway-token", GATEWAY_TOKEN]
+    cmd += ["--password", PASSWORD]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_", "KERNEL_"))}
+    # Tokens in the environment, as they should be (a command line is visible to every user of the machine).
+    env.update(SKG_HUB_ADMIN_TOKEN=ADMIN_TOKEN, SKG_HUB_GATEWAY_TOKEN=GATEWAY_TOKEN, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     hub = LocalHub(proc)
-    ready = threading.Event()
-    threading.Thread(target=_pump, args=(hub, ready), daemon=True).start()
+    threading.Thread(target=_pump, args=(hub,), daemon=True).start()
     children: list[psutil.Process] = []
     try:
-        assert ready.wait(STARTUP_TIMEOUT) and hub.url, "local hub did not start:\n" + hub.text()
+        _wait_listening(hub, runtime)
         assert hub.url.startswith("http://127.0.0.1:") and hub.gateway_url.startswith("http://127.0.0.1:")
+        httpx.URL(hub.url)  # a whole URL
         yield hub
         children = psutil.Process(proc.pid).children(recursive=True)
     finally:
@@ -102,8 +111,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
         out = ROOT / "test-output" / "test_local_hub"
         out.mkdir(parents=True, exist_ok=True)
         (out / "local-hub.log").write_text(hub.text())
-        for gateway_log in runtime.glob("gateway.log"):
-            (out / "gateway.log").write_text(gateway_log.read_text(errors="replace"))
+        for log in (*runtime.glob("gateway.log"), *runtime.glob("jupyterhub.log")):
+            (out / log.name).write_text(log.read_text(errors="replace"))
     # SIGTERM stops everything it started, cleanly.
     assert rc == 0, hub.text()[-3000:]
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

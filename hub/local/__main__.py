@@ -1,13 +1,17 @@
 """``python -m hub.local``: a Serverless Kernel Gateway + JupyterHub (+ configurable-http-proxy) on 127.0.0.1.
 
 Starts the gateway (unless --gateway-url names one), then JupyterHub with hub/local/jupyterhub_config.py;
-prints ``SKG_HUB_LISTENING <url>`` once the hub answers; stops everything on Ctrl-C or SIGTERM (or when either
-process dies). Log in with any user name and the --password.
+once the hub answers, writes its address to ``<runtime-dir>/listening.json`` (``{"hub": url, "gateway": url}``,
+replaced atomically, so a script never reads half of it) and prints ``SKG_HUB_LISTENING <url>``; stops
+everything on Ctrl-C or SIGTERM (or when either process dies). The gateway's and JupyterHub's own logs go to
+``gateway.log`` and ``jupyterhub.log`` in the runtime dir, so this process's output is its own lines only. Log
+in with any user name and the --password.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -74,13 +78,14 @@ def _pump(proc: subprocess.Popen[str], log: Path, found: threading.Event, box: l
 
 def start_gateway(runtime: Path, token: str) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "kernel_gateway", "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--data-dir", str(runtime / "skg"), "--pool-size", "1", "--token", token]
+    cmd += ["--data-dir", str(runtime / "skg"), "--pool-size", "1"]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # The token travels in the environment, not on the command line where `ps` shows it.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SKG_TOKEN": token},
         start_new_session=True,
     )
     found, box = threading.Event(), list[str]()
@@ -104,6 +109,15 @@ def wait_http(url: str, proc: subprocess.Popen[str], what: str, timeout: float =
                 return
         time.sleep(0.2)
     raise SystemExit(f"{what} did not answer {url} within {timeout:g} s")
+
+
+def write_listening(runtime: Path, hub_url: str, gateway_url: str) -> Path:
+    """The addresses, in a file replaced atomically: readers see all of it or none of it."""
+    path = runtime / "listening.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"hub": hub_url, "gateway": gateway_url}))
+    tmp.replace(path)
+    return path
 
 
 def descendants(pid: int) -> list[int]:
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     procs: list[subprocess.Popen[str]] = []
+    (runtime / "listening.json").unlink(missing_ok=True)  # a previous run's
     try:
         gateway_url, gateway_token = args.gateway_url, args.gateway_token
         if not gateway_url:
@@ -171,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
             "SKG_HUB_LOG_LEVEL": args.log_level,
         }
         cmd = [sys.executable, "-m", "jupyterhub", "-f", str(HERE / "jupyterhub_config.py")]
-        hub = subprocess.Popen(cmd, env=env, cwd=runtime, start_new_session=True, text=True)
+        with (runtime / "jupyterhub.log").open("ab") as hub_log:
+            hub = subprocess.Popen(
+                cmd, env=env, cwd=runtime, start_new_session=True, text=True, stdout=hub_log, stderr=subprocess.STDOUT
+            )
         procs.append(hub)
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/hub/api", hub, "jupyterhub")
-        print(f"SKG_HUB_LISTENING {url}", flush=True)
-        print(f"log in at {url}/hub/login with any user name and the password given (--password)", flush=True)
+        listening = write_listening(runtime, url, gateway_url)
+        sys.stdout.write(f"SKG_HUB_LISTENING {url}\n")  # one write: the line cannot be split
+        sys.stdout.flush()
+        print(f"log in at {url}/hub/login with any user name and the password given (--password); addresses in "
+              f"{listening}, JupyterHub's log in {runtime / 'jupyterhub.log'}", flush=True)  # fmt: skip
         while not stopping.is_set():
             if any(p.poll() is not None for p in procs):
                 print("a process exited; stopping", file=sys.stderr, flush=True)

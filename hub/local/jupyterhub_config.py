@@ -41,6 +41,10 @@ c.Spawner.args = [
     f"--gateway-url={gateway_url}",
     "--GatewayClient.request_timeout=120",
     "--ServerApp.terminals_enabled=False",
+    # An idle tab closes its gateway socket and answers JupyterLab's polls from memory (skg_jupyter).
+    "--ServerApp.kernel_websocket_connection_class=skg_jupyter.IdleClosingGatewayWebSocketConnection",
+    "--ServerApp.kernel_manager_class=skg_jupyter.CachingGatewayMappingKernelManager",
+    "--ServerApp.kernel_spec_manager_class=skg_jupyter.CachingGatewayKernelSpecManager",
 ]
 if os.geteuid() == 0:
     c.Spawner.args.append("--allow-root")  # demos and CI run as root; every server runs as this same user
