@@ -9,21 +9,30 @@ job (schema), and a real cluster's.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import shlex
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 from aiohttp import web
 from jupyterhub.objects import Server
 from jupyterhub.user import User
+from traitlets.config import Config
 
 from hub.knativespawner import KnativeSpawner
 from tests.knative_fake import FakeKnativeApi
 
 pytestmark = pytest.mark.timeout(60)
 
+ROOT = Path(__file__).resolve().parent.parent
 NS = "jhub-users"
 GATEWAY = "http://skg-gateway.skg.svc.cluster.local"
 
@@ -305,3 +314,78 @@ async def test_hub_restart_does_not_wake_a_server(fake: FakeKnativeApi, user_ser
     await User._wait_up(hub_user, spawner)
     assert seen == ["/user/alice/api"]
     await spawner.stop()
+
+
+# ---- the Zero to JupyterHub values ----------------------------------------------------------------------------
+
+
+def z2jh_values() -> tuple[dict[str, Any], dict[str, Any]]:
+    base = yaml.safe_load((ROOT / "hub" / "z2jh" / "values-kubespawner.yaml").read_text())
+    knative = yaml.safe_load((ROOT / "hub" / "z2jh" / "values-knativespawner.yaml").read_text())
+    return base, knative
+
+
+def spawner_from_values(api_url: str, monkeypatch: pytest.MonkeyPatch) -> KnativeSpawner:
+    """A KnativeSpawner configured as the chart's jupyterhub_config.py configures it from both values files:
+    singleuser.cmd/image/storage, hub.config (traitlets config by class) and hub.extraConfig (run as is)."""
+    base, knative = z2jh_values()
+    c = Config()
+    singleuser = base["singleuser"]
+    c.Spawner.cmd = singleuser["cmd"]
+    c.KubeSpawner.image = f"{singleuser['image']['name']}:{singleuser['image']['tag']}"
+    c.KubeSpawner.cpu_guarantee, c.KubeSpawner.cpu_limit = singleuser["cpu"]["guarantee"], singleuser["cpu"]["limit"]
+    c.KubeSpawner.mem_guarantee = singleuser["memory"]["guarantee"]
+    c.KubeSpawner.mem_limit = singleuser["memory"]["limit"]
+    c.KubeSpawner.fs_gid = 100  # the chart's default singleuser.fsGid
+    c.KubeSpawner.storage_pvc_ensure = singleuser["storage"]["type"] == "dynamic"
+    c.KubeSpawner.volumes = [{"name": "volume-{user_server}", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
+    c.KubeSpawner.volume_mounts = [{"name": "volume-{user_server}", "mountPath": "/home/jovyan"}]
+    for section, values in knative["hub"]["config"].items():
+        c[section].update(values)
+    monkeypatch.setenv("SKG_GATEWAY_URL", knative["hub"]["extraEnv"]["SKG_GATEWAY_URL"])
+    exec(knative["hub"]["extraConfig"]["knativespawner"], {"c": c})
+    return KnativeSpawner(_mock=True, config=c, user=user(), k8s_api_host=api_url, namespace=NS)
+
+
+async def test_z2jh_values_apply(fake: FakeKnativeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    spawner = spawner_from_values(fake.url, monkeypatch)
+    spawner.api_token = "hub-token"
+    svc = await spawner.get_service_manifest_knative()
+    revision = svc["spec"]["template"]["spec"]
+    # The pod securityContext (the chart's fsGid: the user can write to the home volume) is what the
+    # securitycontext flag lets in; the rest is what a Knative with the documented flags accepts.
+    assert revision.pop("securityContext") == {"fsGroup": 100}
+    jsonschema.validate(svc, json.loads((ROOT / "knative" / "schema" / "knative-service.schema.json").read_text()))
+    assert [v["persistentVolumeClaim"]["claimName"] for v in revision["volumes"]] == [spawner.pvc_name]
+
+    # singleuser.cmd reaches the image's entrypoint (the start script) as arguments: the server runs once,
+    # with hub.config.KubeSpawner.args after it.
+    args = revision["containers"][0]["args"]
+    assert args[0] == "jupyterhub-singleuser"
+    env = {"SKG_GATEWAY_URL": spawner.gateway_url, "JUPYTERHUB_API_TOKEN": "hub", "PATH": os.environ["PATH"]}
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(ROOT / "docker" / "start-jupyterlab.sh"), "--print-command", *args],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    cmd = shlex.split(proc.stdout)
+    assert cmd.count("jupyterhub-singleuser") == 1 and cmd[0] == "jupyterhub-singleuser"
+    assert "--ServerApp.allow_origin=https://jupyter.example.com" in cmd
+
+
+def test_z2jh_network_policies_and_host() -> None:
+    base, knative = z2jh_values()
+    # User pods reach the gateway: Knative's cluster-local ingress, or the baseline's pods on 8080.
+    egress = base["singleuser"]["networkPolicy"]["egress"]
+    destinations = [peer for rule in egress for peer in rule["to"]]
+    namespaces = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in destinations}
+    assert {"kourier-system", "skg-baseline"} <= namespaces
+    assert "egress" not in knative["singleuser"]["networkPolicy"], "Helm would replace the baseline's list"
+    # Knative's activator and ingress reach the user's queue-proxy (8012): the chart allows only hub and proxy.
+    ingress = knative["singleuser"]["networkPolicy"]["ingress"]
+    sources = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for r in ingress for p in r["from"]}
+    assert {"knative-serving", "kourier-system"} <= sources
+    assert {8012, 9090} <= {p["port"] for r in ingress for p in r["ports"]}
+    # The proxy sends the Knative host; the hub reads the browser's from X-Forwarded-Host.
+    assert "--change-origin" in knative["proxy"]["chp"]["extraCommandLineFlags"]
+    assert knative["hub"]["config"]["JupyterHub"]["forwarded_host_header"] == "X-Forwarded-Host"

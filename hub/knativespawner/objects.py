@@ -209,8 +209,9 @@ def _container(pod_container: Mapping[str, Any], port: int, gateway: Gateway, pr
     ours = {e["name"] for e in gateway.env()}
     env = [e for e in container.get("env") or [] if e["name"] not in RESERVED_ENV | ours]
     container["env"] = env + gateway.env()
-    if container.get("resources"):
-        container["resources"] = _resources(container["resources"])
+    resources = _resources(container.get("resources") or {})
+    if resources:
+        container["resources"] = resources
     else:
         container.pop("resources", None)
     # Knative serves one port and sets $PORT from it; "http1" because JupyterLab needs HTTP/1.1 upgrades.
