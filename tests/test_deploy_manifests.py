@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +25,11 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import redis as redis_lib
 import yaml
 
 from kernel_gateway.settings import Settings
+from tests.redis_server import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 KNATIVE = ROOT / "knative"
@@ -40,7 +43,7 @@ SECRET_KEYS = {"SKG_TOKEN", "SKG_SIGNING_KEY", "SKG_REDIS_PASSWORD"}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|SIGNING|PRIVATE|CREDENTIAL|(^|_)KEY($|_)")
 # Settings of the Redis state store, which is being built separately: accepted even before
 # kernel_gateway.settings has them.
-PENDING_SETTINGS = {"redis_url"}
+PENDING_SETTINGS = {"redis_url", "max_sessions"}
 DEFAULT_MAX_REVISION_TIMEOUT = 600  # Knative's config-defaults max-revision-timeout-seconds
 GATEWAY_UID = 10001  # docker/gateway.Dockerfile's USER
 
@@ -120,6 +123,10 @@ def _containers(docs: list[Obj]) -> Iterator[tuple[str, Obj, Obj]]:
 
 def _gateway_containers(docs: list[Obj]) -> list[tuple[str, Obj, Obj]]:
     return [(w, c, p) for w, c, p in _containers(docs) if "skg-gateway" in c["image"]]
+
+
+def redis_client(port: int, password: str | None) -> redis_lib.Redis:
+    return redis_lib.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5, decode_responses=True)
 
 
 def _seconds(duration: str) -> int:
@@ -406,8 +413,10 @@ def test_knative_timeouts_fit_long_cells(rendered: dict[str, list[Obj]], target:
 
 
 def test_dev_fits_a_default_knative_install(rendered: dict[str, list[Obj]]) -> None:
-    """Dev applies to an unconfigured cluster: timeoutSeconds within the default max-revision-timeout."""
+    """Dev applies to an unconfigured cluster: timeoutSeconds within the default max-revision-timeout, and no
+    field a default feature flag refuses (fieldRef: dev forwards to the container port instead)."""
     assert _ksvc(rendered["overlays/dev"])["spec"]["template"]["spec"]["timeoutSeconds"] <= 600
+    assert "fieldRef" not in json.dumps(_ksvc(rendered["overlays/dev"]))
     prod = _ksvc(rendered["overlays/prod"])["spec"]["template"]["spec"]["timeoutSeconds"]
     if prod > DEFAULT_MAX_REVISION_TIMEOUT:
         assert "max-revision-timeout-seconds" in (KNATIVE / "README.md").read_text(), (
@@ -424,6 +433,75 @@ def test_knative_container_port_and_probes(rendered: dict[str, list[Obj]], targe
     for probe in ("readinessProbe", "livenessProbe"):
         port = c[probe]["httpGet"].get("port")
         assert port in (None, "http1", 8080), f"{where}: a Knative probe port must be absent or the container port"
+
+
+@pytest.mark.parametrize("target", KNATIVE_TARGETS)
+def test_knative_readiness_probes_fast(rendered: dict[str, list[Obj]], target: str) -> None:
+    """A readiness periodSeconds turns off the queue-proxy's aggressive start-up probing: every cold start
+    would wait for the next period."""
+    (where, c, _) = _gateway_containers(rendered[target])[0]
+    assert "periodSeconds" not in c["readinessProbe"], where
+
+
+def _default_jupyter_idle_timeout() -> float:
+    """SKG_GATEWAY_IDLE_TIMEOUT's default in docker/start-jupyterlab.sh: when JupyterLab closes an idle tab's
+    gateway socket (skg_jupyter)."""
+    m = re.search(
+        r'idle_timeout="\$\{SKG_GATEWAY_IDLE_TIMEOUT:-(\d+)\}"', (ROOT / "docker" / "start-jupyterlab.sh").read_text()
+    )
+    assert m, "docker/start-jupyterlab.sh sets the default idle timeout"
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("target", KNATIVE_TARGETS)
+def test_websocket_timeouts_agree(rendered: dict[str, list[Obj]], target: str) -> None:
+    """Knative cuts a kernel WebSocket at the first of the revision's three timeouts, busy or not
+    (knative/serving#16169). Before that, in this order: JupyterLab (skg_jupyter) closes an idle tab's socket,
+    then the gateway closes any socket idle for SKG_WS_IDLE_TIMEOUT (clients without skg_jupyter); a socket cut
+    under a running cell is reopened at once and resumed."""
+    docs = rendered[target]
+    spec = _ksvc(docs)["spec"]["template"]["spec"]
+    cut = min(spec["timeoutSeconds"], spec["responseStartTimeoutSeconds"], spec["idleTimeoutSeconds"])
+    assert spec["timeoutSeconds"] == spec["responseStartTimeoutSeconds"] == spec["idleTimeoutSeconds"], (
+        "a shorter one would only cut WebSockets sooner"
+    )
+    assert _default_jupyter_idle_timeout() < float(_settings(docs)["SKG_WS_IDLE_TIMEOUT"]) < cut
+
+
+# Sizing of a replica (knative/README.md, "Sizing"): an idle kernel with numpy and pandas preloaded is about
+# 100 MiB (measured), plus room for an average session's data; the service itself about 80 MiB, plus checkpoint
+# buffers.
+KERNEL_MIB = 192
+SERVICE_MIB = 384
+CONCURRENCY_HEADROOM = 4  # REST calls, forwarded requests and probes beside one socket per session
+
+
+@pytest.mark.parametrize("target", DEPLOYABLE)
+def test_session_cap_fits_memory_and_concurrency(rendered: dict[str, list[Obj]], target: str) -> None:
+    docs = rendered[target]
+    s = _settings(docs)
+    sessions, pool = int(s["SKG_MAX_SESSIONS"]), int(s["SKG_POOL_SIZE"])
+    assert sessions > 0, "without a cap a replica takes sessions until it runs out of memory"
+    for where, c, _ in _gateway_containers(docs):
+        limit_mib = _quantity(c["resources"]["limits"]["memory"]) / 2**20
+        assert (sessions + pool) * KERNEL_MIB + SERVICE_MIB <= limit_mib, f"{where}: {sessions} sessions do not fit"
+    if target in KNATIVE_TARGETS:
+        cc = _ksvc(docs)["spec"]["template"]["spec"]["containerConcurrency"]
+        assert sessions + CONCURRENCY_HEADROOM <= cc, "every session's socket and some REST calls fit at once"
+
+
+@pytest.mark.parametrize("target", ("overlays/prod", "overlays/managed-redis"))
+def test_forwarding_goes_through_the_queue_proxy(rendered: dict[str, list[Obj]], target: str) -> None:
+    """Another replica reaches a session's owner at the owner's queue-proxy (8012), so that Knative counts the
+    forwarded request on the owner; the pod IP comes from the downward API (kubernetes.podspec-fieldref)."""
+    (_, c, _) = _gateway_containers(rendered[target])[0]
+    names = [e["name"] for e in c["env"]]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert names.index("POD_IP") < names.index("SKG_ADVERTISE_URL"), "$(POD_IP) expands only if defined before"
+    assert env["SKG_ADVERTISE_URL"]["value"] == "http://$(POD_IP):8012"
+    assert c["ports"][0]["containerPort"] != 8012, "8012 is the queue-proxy's port, not the container's"
+    assert "kubernetes.podspec-fieldref" in (KNATIVE / "README.md").read_text()
 
 
 # ---- every workload ---------------------------------------------------------------------------------------
@@ -482,7 +560,26 @@ def test_no_service_clashes_with_the_settings_prefix(rendered: dict[str, list[Ob
 # ---- Redis ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ("overlays/dev", "overlays/prod", "baseline"))
+REDIS_TARGETS = ("overlays/dev", "overlays/prod", "baseline")
+
+
+def _redis_conf(docs: list[Obj]) -> dict[str, str]:
+    """The redis.conf the StatefulSet mounts (from its ConfigMap), as directive -> value."""
+    sts = _one(docs, "StatefulSet")
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"].get("volumes", [])}
+    redis = sts["spec"]["template"]["spec"]["containers"][0]
+    mount = next(m for m in redis["volumeMounts"] if m["mountPath"] == "/etc/redis")
+    name = volumes[mount["name"]]["configMap"]["name"]
+    cm = next(d for d in _of(docs, "ConfigMap") if d["metadata"]["name"] == name)
+    conf: dict[str, str] = {}
+    for line in cm["data"]["redis.conf"].splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            conf[key] = value.strip()
+    return conf
+
+
+@pytest.mark.parametrize("target", REDIS_TARGETS)
 def test_in_cluster_redis(rendered: dict[str, list[Obj]], target: str) -> None:
     docs = rendered[target]
     sts = _one(docs, "StatefulSet")
@@ -493,12 +590,84 @@ def test_in_cluster_redis(rendered: dict[str, list[Obj]], target: str) -> None:
     assert host and host.group(1) in services, "SKG_REDIS_URL must name the Redis Service"
     assert services[host.group(1)]["spec"].get("clusterIP") != "None"
     redis = sts["spec"]["template"]["spec"]["containers"][0]
-    assert "--requirepass" in redis["args"]
-    assert redis["args"][redis["args"].index("--maxmemory-policy") + 1] == "noeviction"
+    conf = _redis_conf(docs)
+    assert conf["maxmemory-policy"] == "noeviction", "checkpoints are never evicted silently"
+    assert "requirepass" not in conf, "the password is not in a ConfigMap"
+    # The password: from the Secret, into the environment, to redis-server on stdin; never on a command line.
     env = {e["name"]: e for e in redis["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "SKG_REDIS_PASSWORD"
+    command = [*redis.get("command", []), *redis.get("args", [])]
+    assert "--requirepass" not in command and "$(REDIS_PASSWORD)" not in " ".join(command)
+    assert 'requirepass "$REDIS_PASSWORD"' in command[-1] and "redis-server /etc/redis/redis.conf -" in command[-1]
     persistent = bool(sts["spec"].get("volumeClaimTemplates"))
     assert persistent == (target != "overlays/dev"), "only dev runs Redis without persistence"
+
+
+@pytest.mark.parametrize("target", REDIS_TARGETS)
+def test_redis_memory_fits_its_volume_and_container(rendered: dict[str, list[Obj]], target: str) -> None:
+    """maxmemory, the memory limit and the volume agree (knative/README.md, "Redis"): with persistence the AOF
+    reaches about 3 x the data, the volume is 4 x maxmemory, and the limit 2 x (the rewrite's fork)."""
+    docs = rendered[target]
+    conf = _redis_conf(docs)
+    sts = _one(docs, "StatefulSet")
+    maxmemory = _quantity(conf["maxmemory"].replace("gb", "Gi").replace("mb", "Mi"))
+    limit = _quantity(sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+    if conf["appendonly"] == "yes":
+        assert conf["appendfsync"] == "always", "committed must mean on disk (README: Redis)"
+        assert conf.get("save") == '""', "the AOF is the persistence"
+        volume = _quantity(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"])
+        assert volume >= 4 * maxmemory, f"a {volume / 2**30:g} GiB volume for {maxmemory / 2**30:g} GiB of data"
+        assert limit >= 2 * maxmemory, "room for the AOF rewrite's copy-on-write pages"
+    else:
+        assert conf.get("save") == '""', "no persistence at all, or none of it"
+        assert limit >= 1.25 * maxmemory, "room for Redis's own overhead"
+
+
+@pytest.mark.parametrize("target", REDIS_TARGETS)
+def test_redis_disruption_budget(rendered: dict[str, list[Obj]], target: str) -> None:
+    docs = rendered[target]
+    pdb = _one(docs, "PodDisruptionBudget", "policy/v1")
+    sts = _one(docs, "StatefulSet")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"].get("maxUnavailable") == 0 or pdb["spec"].get("minAvailable", 0) >= sts["spec"]["replicas"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "a broken Redis must not block drains"
+
+
+def test_redis_starts_as_configured(rendered: dict[str, list[Obj]], tmp_path: Path) -> None:
+    """prod's Redis container command and redis.conf, run for real (sh and redis-server from this machine, the
+    data dir and port moved to a temporary place): the password works and is on no command line, and the
+    durability and memory settings are the ones documented."""
+    docs = rendered["overlays/prod"]
+    redis = _one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    port = free_port()
+    conf = next(d for d in _of(docs, "ConfigMap") if d["metadata"]["name"].startswith("skg-redis-config"))
+    text = conf["data"]["redis.conf"].replace("port 6379", f"port {port}").replace("dir /data", f"dir {tmp_path}")
+    (tmp_path / "redis.conf").write_text(text + "bind 127.0.0.1\n")
+    command = [*redis["command"], redis["args"][0].replace("/etc/redis/redis.conf", str(tmp_path / "redis.conf"))]
+    password = "0123abcd" * 8
+    path = f"{Path(redis_server_binary()).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    proc = subprocess.Popen(command, env={"PATH": path, "REDIS_PASSWORD": password}, stdout=subprocess.DEVNULL)
+    try:
+        client = redis_client(port, password)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_lib.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_client(port, None).ping()
+        config = {k: client.config_get(k)[k] for k in ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy")}
+        assert config == {"appendonly": "yes", "appendfsync": "always", "maxmemory": str(2 * 2**30),
+                          "maxmemory-policy": "noeviction"}  # fmt: skip
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert password.encode() not in cmdline and b"redis-server" in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_managed_redis_overlay_has_no_redis(rendered: dict[str, list[Obj]]) -> None:
