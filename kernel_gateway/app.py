@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 
 from notebook_state.signing import Signer, load_or_create_key
@@ -14,8 +13,10 @@ from notebook_state.store import LocalStore, RedisStore, StateStore
 
 from . import __version__, errors
 from .deps import Gateway
+from .forward import http_client
 from .limits import BodySizeLimit
 from .metrics import Metrics
+from .peers import PeerAuth, ReplicaHeader
 from .routes import channels, execute, jupyter, ops, sessions
 from .sessions.manager import SessionManager
 from .settings import ENV_PREFIX, Settings
@@ -23,23 +24,32 @@ from .settings import ENV_PREFIX, Settings
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings) -> tuple[StateStore, Signer]:
-    """Redis when configured (replicas share sessions), else the embedded store in the data directory."""
+def open_store(settings: Settings) -> tuple[StateStore, bytes]:
+    """Redis when configured (replicas share sessions), else the embedded store in the data directory; and the
+    signing key (checkpoints are signed with it, the inter-replica key is derived from it)."""
     data_dir = settings.data_dir.resolve()
     store: StateStore
     if settings.redis_url is not None:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        store = RedisStore(settings.redis_url.get_secret_value(), settings.session_ttl, password)
+        store = RedisStore(
+            settings.redis_url.get_secret_value(),
+            settings.session_ttl,
+            password,
+            cluster=settings.redis_cluster,
+            timeout=settings.store_timeout,
+            wait_replicas=settings.redis_wait_replicas,
+        )
     else:
         store = LocalStore(data_dir / "store", settings.session_ttl)
     key = settings.signing_key_bytes or load_or_create_key(data_dir / "signing.key")
-    return store, Signer(key)
+    return store, key
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store, signer = open_store(settings)
+        store, key = open_store(settings)
+        signer = Signer(key)
 
         def url() -> str:
             listen_url: str | None = getattr(app.state, "listen_url", None)
@@ -47,8 +57,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         metrics = Metrics()
         manager = SessionManager(settings, ENV_PREFIX, store, signer, url, observer=metrics)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout, connect=2.0))
-        gw = Gateway(settings=settings, manager=manager, http=http, metrics=metrics)
+        http = http_client(settings)
+        peers = PeerAuth.from_signing_key(key, manager.replica_id)
+        gw = Gateway(settings=settings, manager=manager, http=http, peers=peers, metrics=metrics)
         gw.metrics.bind(
             lambda: len(manager.sessions),
             lambda: manager.pool.ready_count,
@@ -80,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_body_size=settings.max_body_size)
+    app.add_middleware(ReplicaHeader)
     for module in (ops, jupyter, channels, execute, sessions):
         app.include_router(module.router)
     return app

@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 
 from .auth import is_authorized
 from .metrics import Metrics
+from .peers import PeerAuth, peer_claim
 from .placement import Placement
 from .sessions.manager import SessionManager
 from .settings import Settings
@@ -23,12 +24,13 @@ class Gateway:
     settings: Settings
     manager: SessionManager
     http: httpx.AsyncClient
+    peers: PeerAuth
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
     placement: Placement = field(init=False)
 
     def __post_init__(self) -> None:
-        self.placement = Placement(self.manager)
+        self.placement = Placement(self.manager, self.manager.replica_id)
 
 
 def gateway(conn: HTTPConnection) -> Gateway:
@@ -52,7 +54,8 @@ ManagerDep = Annotated[SessionManager, Depends(manager)]
 
 
 async def require_auth(request: Request, gw: GatewayDep) -> None:
-    if not is_authorized(request, gw.settings):
+    # A request another replica forwarded carries that replica's claim instead of the user's token.
+    if not is_authorized(request, gw.settings) and peer_claim(gw.peers, request) is None:
         raise HTTPException(
             401,
             "a valid token is required: send 'Authorization: token <token>'",

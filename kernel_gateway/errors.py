@@ -31,7 +31,12 @@ _STATUS: dict[type[state_errors.StateError], int] = {
     state_errors.CheckpointRejected: 409,
     state_errors.OwnedElsewhere: 421,
     state_errors.Misdirected: 421,
+    state_errors.LeaseUncertain: 503,
+    state_errors.OwnerUnreachable: 503,
 }
+
+RETRY_AFTER = "1"
+"""Seconds a client should wait before retrying a 503: a lease settles within about one lease TTL."""
 
 
 def status_of(exc: state_errors.StateError) -> int:
@@ -63,7 +68,9 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(state_errors.StateError)
     async def _state_error(request: Request, exc: state_errors.StateError) -> JSONResponse:
-        return error_response(request, status_of(exc), str(exc))
+        status = status_of(exc)
+        headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+        return error_response(request, status, str(exc), headers=headers, **getattr(exc, "details", {}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -25,8 +25,11 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import HTTPConnection
 
 PEER_HEADER = "x-skg-peer"
 """Carries the claim of a request one replica sent to another."""
@@ -114,3 +117,45 @@ class PeerAuth:
             return False
         self._seen[nonce] = now
         return True
+
+
+_CLAIM = "skg.peer_claim"
+
+
+def peer_claim(peers: PeerAuth, conn: HTTPConnection) -> PeerClaim | None:
+    """The verified claim of a request or WebSocket (checked once per connection: a nonce is single-use)."""
+    if _CLAIM not in conn.scope:
+        method = conn.scope.get("method", "GET")  # a WebSocket handshake is a GET
+        conn.scope[_CLAIM] = peers.verify(method, conn.url.path, conn.headers)
+    claim: PeerClaim | None = conn.scope[_CLAIM]
+    return claim
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+_START = {"http.response.start", "websocket.http.response.start", "websocket.accept"}
+
+
+class ReplicaHeader:
+    """Names this replica (``x-skg-replica``) on every answer, handshakes included: a replica that forwarded
+    a request to an address learns who answers there."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        gateway = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+        if scope["type"] not in ("http", "websocket") or gateway is None:
+            await self.app(scope, receive, send)
+            return
+        name = (REPLICA_HEADER.encode(), str(gateway.manager.replica_id).encode())
+
+        async def named(message: Message) -> None:
+            if message["type"] in _START:
+                message = {**message, "headers": [*message.get("headers", []), name]}
+            await send(message)
+
+        await self.app(scope, receive, named)

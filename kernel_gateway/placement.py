@@ -2,9 +2,15 @@
 
 This is the one place that decides, for every face alike (REST, SSE, the kernels API and the kernel
 WebSocket). A face supplies two callbacks: what to do with the live session when it is here, and how to reach
-the owner when it is elsewhere (forward an HTTP request, relay a WebSocket). Reaching the owner raises
-``OwnerGone`` when the owner provably is not serving (it refused the connection); then the session is taken
-over, fenced on the epoch the dead owner held, so two replicas that both saw it gone cannot both win.
+the owner when it is elsewhere (forward an HTTP request, relay a WebSocket).
+
+Taking a session over from a replica whose lease is still live needs proof that the owner is gone, and only
+two things are proof: its address refuses the connection, or another replica identity answers there (a
+restart in place: same address, new process). Reaching the owner raises ``OwnerGone`` then, and the session
+is taken over, fenced on the epoch the dead owner held, so two replicas that both saw it gone cannot both
+win. A timeout, a 5xx, a 401 or 404 is no proof: the owner may be paused or partitioned, so the client gets a
+503 + Retry-After and the lease decides (it lapses within one TTL if the owner is really stuck). Nothing a
+client sends can trigger a take-over: a forwarded request is one with a valid inter-replica claim.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .peers import PeerClaim
 from .sessions.errors import Misdirected, OwnedElsewhere
 from .sessions.session import Session
 from .types import SessionDirectory
@@ -51,12 +58,18 @@ Location = Here | Owner
 
 
 class OwnerGone(Exception):
-    """The owner refused the connection: it is provably not serving, so its lease can be taken."""
+    """Proof that the owner is not serving: its address refused the connection, or another replica answered
+    there. Its lease can be taken."""
+
+
+class OwnerMoved(Exception):
+    """The owner answered that the session is no longer its own: look the session up again."""
 
 
 class Placement:
-    def __init__(self, sessions: SessionDirectory[Session]) -> None:
+    def __init__(self, sessions: SessionDirectory[Session], replica_id: str = "") -> None:
         self.sessions = sessions
+        self.replica_id = replica_id
 
     async def locate(self, session_id: str, forwarded: bool) -> Location:
         """Here (restored onto this replica if no live replica owns it) or its live owner.
@@ -73,27 +86,39 @@ class Placement:
 
     async def take_over(self, owner: Owner) -> Location:
         """The owner is gone: take the session if its epoch is still the dead owner's, else the new owner."""
-        log.warning("session %s: owner %s is gone; taking the session over", owner.session_id, owner.url)
+        log.warning("session %s: owner %s at %s is gone; taking the session over", owner.session_id, owner.replica,
+                    owner.url)  # fmt: skip
         try:
             return Here(await self.sessions.take_over(owner.session_id, owner.epoch))
         except OwnedElsewhere as exc:
             return Owner.of(exc)
 
+    def check_addressee(self, claim: PeerClaim | None) -> None:
+        """A forwarded request meant for another replica identity reached this one (the replica it was meant
+        for restarted in place): answer 421 naming this replica, which proves the intended one gone."""
+        if claim is not None and claim.to is not None and claim.to != self.replica_id:
+            raise Misdirected(f"this is replica {self.replica_id}, not {claim.to}: that replica is gone from here")
+
     async def serve(
         self,
         session_id: str,
-        forwarded: bool,
+        claim: PeerClaim | None,
         here: Callable[[Session], Awaitable[T]],
         there: Callable[[Owner], Awaitable[T]],
     ) -> T:
         """Run ``here`` on the live session, or ``there`` against its live owner, wherever it is now."""
+        self.check_addressee(claim)
+        forwarded = claim is not None
         location = await self.locate(session_id, forwarded)
         for _ in range(ATTEMPTS):
             if isinstance(location, Here):
                 return await here(location.session)
             try:
                 return await there(location)
-            except OwnerGone:
+            except OwnerGone as exc:
+                log.warning("session %s: %s", session_id, exc)
                 location = await self.take_over(location)
+            except OwnerMoved:
+                location = await self.locate(session_id, forwarded)
         last = location.url if isinstance(location, Owner) else "?"
         raise Misdirected(f"session {session_id!r} kept moving between replicas: last owner {last}")

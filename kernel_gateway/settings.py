@@ -89,7 +89,31 @@ class Settings(BaseSettings):
         "and restores that need them are then instant. Costs memory per pooled kernel.",
     )
     checkpoint_timeout: float = Field(120.0, gt=0, description="Seconds a checkpoint or restore may take.")
-    lease_ttl: float = Field(15.0, gt=0, description="Seconds a replica's lease on a session lasts unrenewed.")
+    lease_ttl: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a replica's lease on a session lasts unrenewed. A replica stops running a session "
+        "once its lease may have lapsed; a paused or partitioned owner costs its sessions about this long.",
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="--redis-url names a node of a Redis Cluster (as does a redis+cluster:// URL): use the cluster "
+        "client, which follows MOVED and failovers.",
+    )
+    redis_timeout: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds one Redis call may take (to connect, and for each reply); at most a quarter of the "
+        "lease TTL is used, so a replica cut off from Redis learns it while its lease is still valid.",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Acquisitions and checkpoint commits wait until this many Redis replicas have them (WAIT), so "
+        "a Redis failover cannot lose an acknowledged cell. Costs one replication round trip per commit; a "
+        "commit that is not replicated in time stays pending.",
+    )
     session_ttl: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds an untouched session is kept in the store before it expires."
     )
@@ -99,7 +123,11 @@ class Settings(BaseSettings):
         "Default: http://<host>:<port> as bound.",
     )
     forward_timeout: float = Field(
-        3600.0, gt=0, description="Seconds a request forwarded to a session's owner replica may take."
+        0.0,
+        ge=0,
+        description="Upper bound in seconds on a request forwarded to a session's owner (0: the longest a cell "
+        "may take plus its checkpoint). A paused or partitioned owner is given up on sooner, when its lease "
+        "lapses (503 + Retry-After).",
     )
     ws_idle_timeout: float = Field(
         0.0,
@@ -165,6 +193,17 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{bound_port}"
+
+    @property
+    def store_timeout(self) -> float:
+        return min(self.redis_timeout, self.lease_ttl / 4)
+
+    @property
+    def forward_limit(self) -> float:
+        """The longest a forwarded request may take: the owner's own limit on a cell, plus its checkpoint."""
+        if self.forward_timeout > 0:
+            return self.forward_timeout
+        return self.max_execution_timeout + self.interrupt_grace + self.checkpoint_timeout + self.lease_ttl
 
     @property
     def token_value(self) -> str:

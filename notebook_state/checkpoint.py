@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -23,12 +24,18 @@ from typing import BinaryIO
 from .errors import CheckpointError
 from .handover import MAX_BYTES, off_loop, read_capture_async, read_json, take_auto_async
 from .signing import Signer, VerificationError
-from .store import Commit, SessionRecord, StateStore, StoreUnavailable
+from .store import Commit, Fence, SessionRecord, StateStore, StoreUnavailable
 from .types import JSONDict, KernelLink, StateObserver
 
 log = logging.getLogger(__name__)
 
 ENVELOPE_FORMAT = 1
+
+MayCommit = Callable[[], bool]
+"""Whether a commit may be sent now (its lease is still certainly held)."""
+
+OFF_LOOP_BYTES = 256 * 1024
+"""Signing or verifying more than this many bytes runs in a thread: the event loop serves every session."""
 
 
 class CheckpointStatus(enum.StrEnum):
@@ -48,6 +55,7 @@ class CheckpointOutcome:
     variables: list[str] = field(default_factory=list)
     lost: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what the kernel could not capture as asked (aliasing)
 
     def to_json(self) -> JSONDict:
         return {
@@ -57,6 +65,7 @@ class CheckpointOutcome:
             "seconds": round(self.seconds, 6),
             "lost": self.lost,
             **({"error": self.error} if self.error else {}),
+            **({"warnings": self.warnings} if self.warnings else {}),
         }
 
 
@@ -68,6 +77,8 @@ class RestoreReport:
     modules: list[str]
     lost: dict[str, str]
     seconds: float
+    # Process state (random generators, sys.path, IPython, libraries): {"restored": [hook], "lost": {hook: why}}
+    process: JSONDict = field(default_factory=dict)
 
     def to_json(self) -> JSONDict:
         return {
@@ -76,6 +87,7 @@ class RestoreReport:
             "replayed": self.replayed,
             "modules": self.modules,
             "lost": self.lost,
+            "process": self.process,
             "seconds": round(self.seconds, 6),
         }
 
@@ -89,6 +101,8 @@ class SessionCheckpoints:
     unsent: dict[str, bytes] = field(default_factory=dict)
     pending: tuple[bytes, str, list[str], SessionRecord] | None = None
     last: CheckpointOutcome | None = None
+    committed_count: int = 0  # the execution count of the last checkpoint that committed
+    uncertain: bool = False  # a commit was sent and its answer lost: it may have landed
 
 
 async def run_in_kernel(kernel: KernelLink, code: str, timeout: float) -> None:
@@ -146,7 +160,13 @@ class Checkpointer:
     # -- capture -----------------------------------------------------------------------------------------
 
     async def capture(
-        self, session_id: str, kernel: KernelLink, epoch: int, state: SessionCheckpoints, record: SessionRecord
+        self,
+        session_id: str,
+        kernel: KernelLink,
+        fence: Fence,
+        state: SessionCheckpoints,
+        record: SessionRecord,
+        may_commit: MayCommit | None = None,
     ) -> CheckpointOutcome:
         started = time.perf_counter()
         for full in (False, True):
@@ -159,9 +179,10 @@ class Checkpointer:
                 return outcome
             groups: dict[str, JSONDict] = manifest.get("groups", {})
             keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
+            macs = await self._sign_all(session_id, {keys[gid]: data for gid, data in blobs.items()})
             for gid, data in blobs.items():
                 state.unsent[keys[gid]] = data
-                state.macs[keys[gid]] = self.signer.sign(session_id, data)
+                state.macs[keys[gid]] = macs[keys[gid]]
             referenced = set(keys.values())
             # The kernel may believe a group unchanged that this replica never stored (its blob was lost on
             # restore, say): then capture again, writing every group.
@@ -190,8 +211,9 @@ class Checkpointer:
             total_bytes=record.checkpoint_bytes,
             variables=record.variables,
             lost=dict(manifest.get("lost", {})),
+            warnings=[str(e).splitlines()[0] for e in manifest.get("errors") or [] if str(e).strip()],
         )
-        await self.flush(session_id, epoch, state)
+        await self.flush(session_id, fence, state, may_commit)
         outcome.status = CheckpointStatus.COMMITTED if state.pending is None else CheckpointStatus.PENDING
         outcome.seconds = time.perf_counter() - started
         state.last = outcome
@@ -200,13 +222,27 @@ class Checkpointer:
             self.observer.checkpointed(outcome.written_bytes, outcome.seconds, committed)
         return outcome
 
-    async def flush(self, session_id: str, epoch: int, state: SessionCheckpoints) -> bool:
+    async def _sign_all(self, session_id: str, blobs: dict[str, bytes]) -> dict[str, str]:
+        def sign() -> dict[str, str]:
+            return {key: self.signer.sign(session_id, data) for key, data in blobs.items()}
+
+        if sum(len(b) for b in blobs.values()) > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(sign)
+        return sign()
+
+    async def flush(
+        self, session_id: str, fence: Fence, state: SessionCheckpoints, may_commit: MayCommit | None = None
+    ) -> bool:
         """Commit the latest captured checkpoint if one is waiting; True once nothing is pending.
 
+        ``may_commit`` says whether the owner still certainly holds its lease: past that, nothing is sent (the
+        session is about to be dropped here, and what it ran after its lease lapsed must never land).
         Raises StaleEpoch when another replica owns the session now.
         """
         if state.pending is None:
             return True
+        if may_commit is not None and not may_commit():
+            return False
         envelope, sig, referenced, record = state.pending
         ref = set(referenced)
         commit = Commit(
@@ -218,14 +254,17 @@ class Checkpointer:
             record=record,
         )
         try:
-            await self.store.commit(session_id, epoch, commit, self.ttl)
+            await self.store.commit(session_id, fence, commit, self.ttl)
         except StoreUnavailable as exc:
             log.warning("session %s: checkpoint pending, store unreachable: %s", session_id, exc)
+            state.uncertain = True
             return False
+        state.uncertain = False
         state.committed_keys = ref
         state.unsent.clear()
         state.macs = {k: v for k, v in state.macs.items() if k in ref}
         state.pending = None
+        state.committed_count = record.execution_count
         if state.last is not None and state.last.status is CheckpointStatus.PENDING:
             state.last.status = CheckpointStatus.COMMITTED
         return True
@@ -260,16 +299,23 @@ class Checkpointer:
         blobs = await self.store.load_blobs(session_id, list(keys.values()))
         lost: dict[str, str] = {}
         good: dict[str, list[bytes]] = {}
-        for gid, key in keys.items():
-            data = blobs.get(key)
-            try:
-                if data is None:
-                    raise VerificationError("its stored data is missing")
-                self.signer.verify(session_id, data, macs.get(key, ""), f"variable group {gid}")
-                good[gid] = data
-            except VerificationError as exc:
-                for name in groups[gid].get("names", []):
-                    lost[name] = f"not restored: {exc}"
+
+        def verify_all() -> None:
+            for gid, key in keys.items():
+                data = blobs.get(key)
+                try:
+                    if data is None:
+                        raise VerificationError("its stored data is missing")
+                    self.signer.verify(session_id, data, macs.get(key, ""), f"variable group {gid}")
+                    good[gid] = data
+                except VerificationError as exc:
+                    for name in groups[gid].get("names", []):
+                        lost[name] = f"not restored: {exc}"
+
+        if sum(len(c) for chunks in blobs.values() for c in chunks) > OFF_LOOP_BYTES:
+            await asyncio.to_thread(verify_all)
+        else:
+            verify_all()
         manifest = {**manifest, "groups": {gid: groups[gid] for gid in good}}
         in_dir = self._workdir(kernel, "restore")
         try:
@@ -283,6 +329,7 @@ class Checkpointer:
         state.macs = {keys[gid]: macs[keys[gid]] for gid in good}
         state.unsent.clear()
         state.pending = None
+        state.committed_count = int(manifest.get("execution_count", 0) or 0)
         lost.update(report.get("lost", {}))
         lost.update(manifest.get("lost", {}))
         if self.observer is not None:
@@ -294,6 +341,7 @@ class Checkpointer:
             modules=list(report.get("modules", [])),
             lost=lost,
             seconds=time.perf_counter() - started,
+            process=dict(report.get("process") or {}),
         )
 
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import logging
 
-from .checkpoint import Checkpointer, CheckpointOutcome, CheckpointStatus, RestoreReport, SessionCheckpoints
+from .checkpoint import Checkpointer, CheckpointOutcome, CheckpointStatus, MayCommit, RestoreReport, SessionCheckpoints
 from .errors import LeaseLost
-from .store import SessionRecord, StaleEpoch
+from .store import Fence, SessionRecord, StaleEpoch
 from .types import KernelLink
 
 log = logging.getLogger(__name__)
 
 
 class Persistence:
-    def __init__(self, checkpointer: Checkpointer, record: SessionRecord, epoch: int) -> None:
+    def __init__(
+        self, checkpointer: Checkpointer, record: SessionRecord, fence: Fence, may_commit: MayCommit | None = None
+    ) -> None:
         self.checkpointer = checkpointer
         self.record = record
-        self.epoch = epoch
+        self.fence = fence
+        self.may_commit = may_commit  # the lease is still certainly valid: commits are sent only then
         self.state = SessionCheckpoints()
         self.lost = False
 
@@ -37,7 +40,9 @@ class Persistence:
         if self.lost:
             raise LeaseLost(self.session_id)
         try:
-            return await self.checkpointer.capture(self.session_id, kernel, self.epoch, self.state, self.record)
+            return await self.checkpointer.capture(
+                self.session_id, kernel, self.fence, self.state, self.record, self.may_commit
+            )
         except StaleEpoch as exc:
             self.lost = True
             raise LeaseLost(self.session_id) from exc
@@ -55,7 +60,7 @@ class Persistence:
         if self.lost:
             return False
         try:
-            return await self.checkpointer.flush(self.session_id, self.epoch, self.state)
+            return await self.checkpointer.flush(self.session_id, self.fence, self.state, self.may_commit)
         except StaleEpoch:
             self.lost = True
             return False
@@ -64,5 +69,5 @@ class Persistence:
         last = self.state.last
         return {
             "status": (CheckpointStatus.PENDING if self.pending else last.status).value if last else None,
-            "epoch": self.epoch,
+            "epoch": self.fence.epoch,
         }

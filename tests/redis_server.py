@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,10 +34,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, persistent: bool = False, extra: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.persistent = persistent
+        self.extra = list(extra)  # more redis-server options (--replicaof, --cluster-enabled, ...)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,6 +58,7 @@ class RedisServer:
             "--appendonly", "yes" if self.persistent else "no",
             "--appendfsync", "always",
             "--protected-mode", "yes",
+            *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)

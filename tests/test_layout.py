@@ -86,4 +86,5 @@ def test_protocol_constants_are_defined_once() -> None:
     sources = [p.read_text() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
     assert sum(s.count('"v1.kernel.websocket.jupyter.org"') for s in sources) == 1
     assert sum(s.count("[A-Za-z0-9][A-Za-z0-9_.-]{0,127}") for s in sources) == 1
-    assert sum(s.count('"x-skg-forwarded"') for s in sources) == 1
+    assert sum(s.count('"x-skg-peer"') for s in sources) == 1
+    assert sum(s.count('"x-skg-replica"') for s in sources) == 1

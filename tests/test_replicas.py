@@ -175,9 +175,11 @@ def test_paused_owner_cannot_commit_after_losing_its_lease(tmp_path: Path, redis
             os.kill(a.proc.pid, signal.SIGCONT)
         worker.join(60)
         late = box["r"]
-        # A's cell ran, but its checkpoint was fenced off: it is not reported as done.
-        assert late.status_code == 409, late.text
-        assert "not committed" in late.json()["message"]
+        # A's cell ran, but A's lease lapsed while it was paused: A does not even try to commit it (were it
+        # to, the commit would be fenced off), drops its kernel, and does not report the cell as done.
+        assert late.status_code == 503, late.text
+        assert late.json()["cell"] == "not saved"
+        assert late.headers["retry-after"]
         assert value(run(b, "x", sid)) == "'B'"
         assert value(run(a, "x", sid)) == "'B'"  # A forwards to the new owner now
         assert owner_url(a, sid) == b.url

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from notebook_state.store import Commit, LocalStore, RedisStore, SessionRecord, StaleEpoch, StateStore
+from notebook_state.store import Commit, Fence, LocalStore, RedisStore, Renewal, SessionRecord, StaleEpoch, StateStore
 from tests.redis_server import RedisServer, redis_server
 
 
@@ -32,8 +32,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.close()
 
 
-def record(session_id: str) -> SessionRecord:
-    return SessionRecord(id=session_id, kernel_name="python3", created=time.time())
+def record(session_id: str, tenant: str = "") -> SessionRecord:
+    return SessionRecord(id=session_id, kernel_name="python3", created=time.time(), tenant=tenant)
+
+
+async def renew(store: StateStore, s: str, owner: str, url: str, fence: Fence, ttl: float, ran: int = 0) -> bool:
+    (ok,) = await store.renew_many([Renewal(s, owner, url, fence, ran)], ttl)
+    return ok is True
 
 
 def commit_of(rec: SessionRecord, blobs: dict[str, bytes], keep: list[str], drop: list[str]) -> Commit:
@@ -61,28 +66,66 @@ async def test_lease_epochs_increase_and_fence(store: StateStore) -> None:
     s = sid("lease")
     await store.create(record(s))
     e1 = await store.acquire(s, "A", "http://a", ttl=30)
-    assert e1 == 1
-    assert await store.renew(s, "A", "http://a", e1, ttl=30) is True
+    assert e1 is not None and e1.epoch == 1
+    assert await renew(store, s, "A", "http://a", e1, ttl=30, ran=3)
     got = await store.get(s)
     assert got is not None and got.lease is not None
     assert (got.lease.owner, got.lease.url, got.lease.epoch) == ("A", "http://a", 1)
+    assert got.ran == 3  # what ran, committed or not: a later owner names what was never saved
     if isinstance(store, RedisStore):
         # A live holder keeps the session from others, unless they prove it gone with the current epoch.
         assert await store.acquire(s, "B", "http://b", ttl=30) is None
         assert await store.acquire(s, "B", "http://b", ttl=30, steal=0) is None
-    e2 = await store.acquire(s, "B", "http://b", ttl=30, steal=e1)
-    assert e2 is not None and e2 > e1
+    e2 = await store.acquire(s, "B", "http://b", ttl=30, steal=e1.epoch)
+    assert e2 is not None and e2.epoch > e1.epoch
     # A's lease is gone: it can neither renew nor commit.
-    assert await store.renew(s, "A", "http://a", e1, ttl=30) is False
+    assert not await renew(store, s, "A", "http://a", e1, ttl=30)
     rec = record(s)
     with pytest.raises(StaleEpoch):
         await store.commit(s, e1, commit_of(rec, {}, [], []), ttl=600)
+    # The epoch alone is not the token: the same epoch with another nonce (as a failover that lost an INCR
+    # could issue twice) is fenced off too.
+    with pytest.raises(StaleEpoch):
+        await store.commit(s, Fence(e2.epoch, "another-nonce"), commit_of(rec, {}, [], []), ttl=600)
+    assert not await renew(store, s, "B", "http://b", Fence(e2.epoch, "another-nonce"), ttl=30)
     await store.commit(s, e2, commit_of(rec, {}, [], []), ttl=600)
     await store.release(s, "B", e2)
     got = await store.get(s)
     assert got is not None and got.lease is None
     e3 = await store.acquire(s, "C", "http://c", ttl=30)
-    assert e3 is not None and e3 > e2
+    assert e3 is not None and e3.epoch > e2.epoch
+
+
+async def test_renewals_of_many_leases_are_answered_one_by_one(store: StateStore) -> None:
+    ids = [sid("many") for _ in range(3)]
+    fences = []
+    for s in ids:
+        await store.create(record(s))
+        fence = await store.acquire(s, "A", "http://a", ttl=30)
+        assert fence is not None
+        fences.append(fence)
+    stolen = await store.acquire(ids[1], "B", "http://b", ttl=30, steal=fences[1].epoch)
+    assert stolen is not None
+    renewals = [Renewal(s, "A", "http://a", f) for s, f in zip(ids, fences, strict=True)]
+    assert await store.renew_many(renewals, 30) == [True, False, True]
+    assert await store.renew_many([], 30) == []
+
+
+async def test_listing_pages_through_one_tenants_sessions(store: StateStore) -> None:
+    tenant = sid("tenant")
+    ids = []
+    for i in range(5):
+        rec = record(sid(f"page{i}"), tenant)
+        rec.created += i  # distinct creation times: the listing is in creation order
+        assert await store.create(rec)
+        ids.append(rec.id)
+    await store.create(record(sid("other"), sid("tenant")))
+    first = await store.list_sessions(tenant, limit=2)
+    second = await store.list_sessions(tenant, limit=2, after=first[-1].id)
+    rest = await store.list_sessions(tenant, limit=10, after=second[-1].id)
+    assert [r.id for r in first + second + rest] == ids
+    await store.delete(ids[2])
+    assert [r.id for r in await store.list_sessions(tenant)] == ids[:2] + ids[3:]
 
 
 async def test_expired_lease_is_free(store: StateStore) -> None:

@@ -13,9 +13,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from ..auth import is_authorized
 from ..deps import Gateway
-from ..errors import error_body, status_of
-from ..forward import is_forwarded
+from ..errors import RETRY_AFTER, error_body, status_of
 from ..metrics import Metrics
+from ..peers import peer_claim
 from ..placement import Owner
 from ..relay import relay
 from ..responses import JSONResponse
@@ -153,13 +153,16 @@ class ChannelConnection:
 
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
-    await websocket.send_denial_response(JSONResponse(error_body(status, message), status_code=status))
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    await websocket.send_denial_response(JSONResponse(error_body(status, message), status_code=status, headers=headers))
 
 
 @router.websocket("/api/kernels/{kernel_id}/channels")
 async def channels(websocket: WebSocket, kernel_id: str) -> None:
     gw: Gateway = websocket.app.state.gateway
-    if not is_authorized(websocket, gw.settings):
+    # A WebSocket another replica relays carries that replica's claim instead of the user's token.
+    claim = peer_claim(gw.peers, websocket)
+    if not is_authorized(websocket, gw.settings) and claim is None:
         await _deny(websocket, 401, "a valid token is required")
         return
     if gw.draining:
@@ -172,15 +175,17 @@ async def channels(websocket: WebSocket, kernel_id: str) -> None:
         settings = gw.settings
         conn = ChannelConnection(websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics)
         if session.restored is not None and session.connections == set():
-            # Tell the frontend this kernel came back from a checkpoint, and at which execution count.
-            conn.deliver(session.status_message(session.execution_state, {"restored": session.restored.to_json()}))
+            # Tell the frontend this kernel came back from a checkpoint, at which execution count, and which
+            # cells of an earlier owner were not saved.
+            extra = {"restored": session.restored.to_json(), "notices": session.take_notices()}
+            conn.deliver(session.status_message(session.execution_state, extra))
         await conn.run()
 
     async def there(owner: Owner) -> None:
-        await relay(websocket, owner, v1, gw.manager.replica_id)
+        await relay(gw, websocket, owner, v1)
 
     try:
-        await gw.placement.serve(kernel_id, is_forwarded(websocket), here, there)
+        await gw.placement.serve(kernel_id, claim, here, there)
     except SessionNotFound:
         await _deny(websocket, 404, f"kernel {kernel_id!r} does not exist")
     except StateError as exc:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 AfterCell = Callable[[], Awaitable[Any]]
 Send = Callable[[KernelMessage], None]
 Reply = Callable[[Subscriber, KernelMessage], None]
+MayRun = Callable[[], BaseException | None]
+"""None when a cell may enter the kernel now; else why not (the cell fails with it, unsent)."""
 
 
 @dataclass
@@ -35,10 +37,11 @@ class _Cell:
 
 
 class CellQueue:
-    def __init__(self, send: Send, reply: Reply, after_cell: AfterCell | None) -> None:
+    def __init__(self, send: Send, reply: Reply, after_cell: AfterCell | None, may_run: MayRun | None = None) -> None:
         self._send = send
         self._reply = reply
         self._after_cell = after_cell
+        self._may_run = may_run
         self._held: deque[_Cell] = deque()
         self._current: _Cell | None = None
         self._finishing: asyncio.Task[None] | None = None
@@ -59,6 +62,13 @@ class CellQueue:
         if self._current is not None or self._finishing is not None or not self._held:
             return
         cell = self._held.popleft()
+        refusal = self._may_run() if self._may_run is not None else None
+        if refusal is not None:
+            # Checked as the cell enters the kernel, not when it was queued: the lease may have lapsed since.
+            if not cell.done.done():
+                cell.done.set_exception(refusal)
+            self._next()
+            return
         self._current = cell
         try:
             self._send(cell.msg)

@@ -10,8 +10,10 @@ __all__ = [
     "InvalidSessionId",
     "KernelSpecNotFound",
     "LeaseLost",
+    "LeaseUncertain",
     "Misdirected",
     "OwnedElsewhere",
+    "OwnerUnreachable",
     "SessionExists",
     "SessionNotFound",
     "StateError",
@@ -67,3 +69,30 @@ class CheckpointRejected(StateError):
 
 class Misdirected(StateError):
     """A forwarded request reached a replica that does not own the session either."""
+
+
+class LeaseUncertain(StateError):
+    """This replica can no longer be sure it still holds the session's lease (the store has not confirmed it
+    in time), so it runs nothing of the session: the kernel is dropped here and the next request restores
+    the session from its last commit, on whichever replica then holds the lease.
+
+    ``cell`` says what became of the request's cell: ``not run``, ``not saved`` (it ran, but its effects were
+    discarded with the kernel: safe to send again) or ``unknown`` (a commit was sent and its answer lost).
+    """
+
+    def __init__(self, session_id: str, cell: str = "not run") -> None:
+        super().__init__(
+            f"session {session_id!r}: this replica could not renew its lease in time (it was paused, or cut "
+            f"off from the state store), so it stopped running the session; the cell: {cell}; retry shortly"
+        )
+        self.session_id = session_id
+        self.details = {"cell": cell}
+
+
+class OwnerUnreachable(StateError):
+    """The session's owner did not answer in time and is not provably gone, so its lease decides: retry.
+    ``cell``: ``not run`` when the request never reached the owner, else ``unknown``."""
+
+    def __init__(self, message: str, cell: str = "unknown") -> None:
+        super().__init__(message)
+        self.details = {"cell": cell}

@@ -1,5 +1,5 @@
 """The background work of a replica: keeping its leases (and flushing pending checkpoints), evicting idle
-sessions to the store.
+sessions to the store; and the supervisor that keeps each of them running.
 
 Each loop is handed exactly what it uses (the live sessions, the store, callbacks into the manager), so this
 module depends on sessions and the store, never on the manager that starts it.
@@ -8,14 +8,14 @@ module depends on sessions and the store, never on the manager that starts it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from notebook_state.store import StateStore, StoreUnavailable
+from notebook_state.store import Renewal, StateStore, StoreUnavailable
 
+from .lease import now
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,24 @@ Drop = Callable[[Session], Awaitable[None]]
 Evict = Callable[[Session], Awaitable[bool]]
 
 
+async def supervise(name: str, run: Callable[[], Awaitable[None]], backoff: float = 1.0) -> None:
+    """Run a replica's background loop for as long as the replica lives: a loop that fails (or returns) is
+    logged and started again, so that one exception never silently stops lease renewal."""
+    while True:
+        try:
+            await run()
+            log.error("background task %s stopped; restarting it", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; restarting it in %.1f s", name, backoff)
+        await asyncio.sleep(backoff)
+
+
 @dataclass
 class LeaseKeeper:
-    """Renews every lease this replica holds every ``lease_ttl / 3``; drops sessions whose lease was lost."""
+    """Renews every lease this replica holds, all in one round trip every ``lease_ttl / 3``; drops a session
+    the moment its lease may have lapsed unrenewed (``lapsed``), or when it was lost to another replica."""
 
     sessions: Mapping[str, Session]
     store: StateStore
@@ -34,28 +49,75 @@ class LeaseKeeper:
     url: Callable[[], str]
     lease_ttl: float
     lost: Drop
+    lapsed: Drop
 
     async def run(self) -> None:
         interval = max(self.lease_ttl / 3, 0.2)
-        while True:
-            await asyncio.sleep(interval)
-            await self.renew_all()
+        next_round = now() + interval
+        renewing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                # Wake for the next round, or earlier when a lease would lapse before it: a running cell must
+                # stop when its lease may have lapsed, not up to a round later, even while a renewal hangs.
+                deadlines = [s.lease.valid_until for s in self._held() if s.lease is not None]
+                await asyncio.sleep(max(min([next_round, *deadlines]) - now(), 0.01))
+                if now() >= next_round and (renewing is None or renewing.done()):
+                    next_round = now() + interval
+                    if renewing is not None and not renewing.cancelled() and renewing.exception() is not None:
+                        raise renewing.exception()  # type: ignore[misc]
+                    renewing = asyncio.ensure_future(self.renew_all())
+                await self.drop_lapsed()
+        finally:
+            if renewing is not None:
+                renewing.cancel()
+
+    def _held(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.lease is not None and not s.lease.lost]
 
     async def renew_all(self) -> None:
-        for session in list(self.sessions.values()):
-            persistence = session.persistence
-            if persistence is None:
-                continue
-            try:
-                ok = await self.store.renew(session.id, self.replica_id, self.url(), persistence.epoch, self.lease_ttl)
-                if ok and persistence.pending:
-                    ok = await persistence.flush() or not persistence.lost
-            except StoreUnavailable:
-                continue  # keep serving what we own; commits stay pending until the store is back
-            if not ok:
+        held = self._held()
+        if not held:
+            return
+        sent = now()
+        url = self.url()
+        renewals = [
+            Renewal(s.id, self.replica_id, url, s.lease.fence, s.execution_count) for s in held if s.lease is not None
+        ]
+        try:
+            results = await self.store.renew_many(renewals, self.lease_ttl)
+        except StoreUnavailable as exc:
+            log.warning("lease renewal failed, the store is unreachable (%d sessions): %s", len(held), exc)
+            return
+        flushes = []
+        for session, ok in zip(held, results, strict=True):
+            assert session.lease is not None
+            if ok is True:
+                session.lease.renewed(sent)
+                if session.persistence is not None and session.persistence.pending:
+                    flushes.append(self._flush(session))
+            elif ok is False:
                 log.warning("session %s: lease lost to another replica; dropping it here", session.id)
-                persistence.lost = True
+                session.lease.lost = True
+                if session.persistence is not None:
+                    session.persistence.lost = True
                 await self.lost(session)
+        await asyncio.gather(*flushes)
+
+    async def _flush(self, session: Session) -> None:
+        persistence = session.persistence
+        assert persistence is not None
+        try:
+            if await persistence.flush():
+                session.checkpoint_landed()
+        except StoreUnavailable:
+            return
+        if persistence.lost:
+            await self.lost(session)
+
+    async def drop_lapsed(self) -> None:
+        for session in self._held():
+            if session.lease is not None and not session.lease.valid():
+                await self.lapsed(session)
 
 
 async def evict_idle(sessions: Mapping[str, Session], after: float, evict: Evict) -> None:
@@ -63,8 +125,12 @@ async def evict_idle(sessions: Mapping[str, Session], after: float, evict: Evict
     interval = min(max(after / 4, 0.5), 30.0)
     while True:
         await asyncio.sleep(interval)
-        now = time.time()
+        now_wall = time.time()
         for session in list(sessions.values()):
-            if now - session.last_activity >= after:
-                with contextlib.suppress(Exception):
+            if now_wall - session.last_activity >= after:
+                try:
                     await evict(session)
+                except StoreUnavailable:
+                    continue
+                except Exception:
+                    log.exception("session %s: eviction failed", session.id)

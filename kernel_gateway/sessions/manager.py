@@ -24,7 +24,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from notebook_state.checkpoint import Checkpointer
 from notebook_state.persistence import Persistence
 from notebook_state.signing import Signer, VerificationError
-from notebook_state.store import SessionRecord, StateStore, StoreUnavailable
+from notebook_state.store import LIST_LIMIT, Fence, SessionRecord, StateStore, StoreUnavailable
 from notebook_state.types import SESSION_ID_PATTERN, StateObserver
 
 from ..kernels.factory import KernelFactory, scratch_parent
@@ -43,9 +43,10 @@ from .errors import (
     StoreDown,
 )
 from .execution import ExecutionResult, OutputCallback
-from .housekeeping import LeaseKeeper, evict_idle
+from .housekeeping import LeaseKeeper, evict_idle, supervise
+from .lease import HeldLease, now
 from .rest_cell import run_rest_cell
-from .session import Session
+from .session import STATE_LOST_NOTICE, Session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +56,20 @@ T = TypeVar("T")
 class _Claim:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+
+
+def unsaved_cells_notice(record: SessionRecord) -> str | None:
+    """Cells an earlier owner ran but never committed (it died or lost the store first), named for the next
+    caller; None when every cell that ran was saved."""
+    first, last = record.execution_count + 1, record.ran
+    if last < first:
+        return None
+    cells = f"cell {first}" if first == last else f"cells {first}-{last}"
+    return (
+        f"{cells} ran on a replica that stopped before {'its checkpoint' if first == last else 'their checkpoints'} "
+        f"committed: {'it was' if first == last else 'they were'} not saved; the session resumes from execution "
+        f"count {record.execution_count}"
+    )
 
 
 def known_id(session_id: str) -> None:
@@ -113,11 +128,19 @@ class SessionManager:
         self.pool.start()
         loop = asyncio.get_running_loop()
         keeper = LeaseKeeper(
-            self.sessions, self.store, self.replica_id, lambda: self.url, self.settings.lease_ttl, self._lease_lost
+            self.sessions,
+            self.store,
+            self.replica_id,
+            lambda: self.url,
+            self.settings.lease_ttl,
+            self._lease_lost,
+            self._lease_lapsed,
         )
-        self._tasks.append(loop.create_task(keeper.run()))
-        if self.settings.evict_idle_after > 0:
-            self._tasks.append(loop.create_task(evict_idle(self.sessions, self.settings.evict_idle_after, self.evict)))
+        self._tasks.append(loop.create_task(supervise("lease keeper", keeper.run)))
+        after = self.settings.evict_idle_after
+        if after > 0:
+            evictor = lambda: evict_idle(self.sessions, after, self.evict)  # noqa: E731
+            self._tasks.append(loop.create_task(supervise("idle eviction", evictor)))
 
     # -- kernelspecs -------------------------------------------------------------------------------------
 
@@ -140,16 +163,17 @@ class SessionManager:
             raise Draining()
         sid = validate_session_id(session_id) if session_id else str(uuid.uuid4())
         name = self.check_kernel_name(kernel_name or self.settings.kernel_name)
-        now = time.time()
+        created = time.time()
         allowed = self.kernels.allowed_env(env or {})
-        record = SessionRecord(id=sid, kernel_name=name, created=now, last_activity=now, env=allowed)
+        record = SessionRecord(id=sid, kernel_name=name, created=created, last_activity=created, env=allowed)
         if not await self._store(self.store.create(record)):
             raise SessionExists(sid)
-        epoch = await self._store(self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl))
-        if epoch is None:
+        sent = now()
+        fence = await self._store(self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl))
+        if fence is None:
             raise SessionExists(sid)
         try:
-            session = await self._open(record, epoch, allowed)
+            session = await self._open(record, HeldLease(fence, self.settings.lease_ttl, sent), allowed)
             self.sessions[sid] = session
         except BaseException:
             with contextlib.suppress(StoreUnavailable):
@@ -158,7 +182,7 @@ class SessionManager:
         log.info("session %s created on kernel %s (%s)", sid, session.kernel.id, name)
         return session
 
-    async def _open(self, record: SessionRecord, epoch: int, env: Mapping[str, str]) -> Session:
+    async def _open(self, record: SessionRecord, lease: HeldLease, env: Mapping[str, str]) -> Session:
         name = record.kernel_name
 
         async def acquire() -> Kernel:
@@ -171,12 +195,13 @@ class SessionManager:
             await kernel.shutdown(now=True)
             raise Draining()
         persistence = (
-            Persistence(self.checkpointer, record, epoch)
+            Persistence(self.checkpointer, record, lease.fence, may_commit=lease.valid)
             if self.settings.checkpoint and name == self.settings.kernel_name
             else None
         )
-        session = Session(record.id, kernel, acquire, persistence, self.settings.ws_replay_bytes)
+        session = Session(record.id, kernel, acquire, persistence, self.settings.ws_replay_bytes, lease=lease)
         session.created = record.created
+        session.on_lease_lost = self._lease_lost
         return session
 
     async def resolve(self, session_id: str) -> Session:
@@ -187,6 +212,9 @@ class SessionManager:
         """
         local = self.sessions.get(session_id)
         if local is not None:
+            refused = local.refusal()
+            if refused is not None:
+                raise refused
             return local
         if self.draining:
             raise Draining()
@@ -224,10 +252,11 @@ class SessionManager:
 
     async def _take_over(self, record: SessionRecord, steal: int | None) -> Session:
         sid = record.id
-        epoch = await self._store(
+        sent = now()
+        fence: Fence | None = await self._store(
             self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl, steal=steal)
         )
-        if epoch is None:
+        if fence is None:
             fresh = await self._store(self.store.get(sid))
             if fresh is None:
                 raise SessionNotFound(sid)
@@ -235,7 +264,13 @@ class SessionManager:
             if lease is None:
                 raise StoreDown(f"session {sid!r}: could not take its lease")
             raise OwnedElsewhere(sid, lease.owner, lease.url, lease.epoch)
-        session = await self._open(record, epoch, record.env)
+        session = await self._open(record, HeldLease(fence, self.settings.lease_ttl, sent), record.env)
+        unsaved = unsaved_cells_notice(record)
+        if unsaved is not None:
+            log.warning("session %s: %s", sid, unsaved)
+            session.add_notice(unsaved)
+        if session.persistence is None and max(record.ran, record.execution_count) > 0:
+            session.add_notice(STATE_LOST_NOTICE)
         if session.persistence is not None:
             try:
                 report = await self.checkpointer.restore(sid, session.kernel, session.persistence.state)
@@ -279,8 +314,8 @@ class SessionManager:
             raise SessionNotFound(session_id)
         return record
 
-    async def records(self) -> list[SessionRecord]:
-        return await self._store(self.store.list_sessions())
+    async def records(self, tenant: str = "", limit: int = LIST_LIMIT, after: str | None = None) -> list[SessionRecord]:
+        return await self._store(self.store.list_sessions(tenant, limit, after))
 
     # -- using sessions ----------------------------------------------------------------------------------
 
@@ -289,6 +324,9 @@ class SessionManager:
     ) -> ExecutionResult:
         if self.draining:
             raise Draining()
+        refused = session.refusal()
+        if refused is not None:
+            raise refused
         try:
             return await run_rest_cell(
                 session, code, timeout, self.settings.output_limit, self.settings.interrupt_grace, on_output
@@ -317,17 +355,29 @@ class SessionManager:
         await self._store(self.store.delete(session_id))
         log.info("session %s deleted", session_id)
 
-    async def drop(self, session: Session, release: bool, dead: bool = False) -> None:
+    async def drop(self, session: Session, release: bool, dead: bool = False, reason: str = "session moved") -> None:
         """Stop serving a session here (its state stays in the store)."""
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
-        if release and session.persistence is not None and not session.persistence.lost:
+        lease = session.lease
+        lost = lease is None or lease.lost or (session.persistence is not None and session.persistence.lost)
+        if release and not lost and lease is not None:
             with contextlib.suppress(StoreUnavailable):
-                await self.store.release(session.id, self.replica_id, session.persistence.epoch)
-        await session.close(dead=dead)
+                await self.store.release(session.id, self.replica_id, lease.fence)
+        await session.close(dead=dead, reason=reason)
 
     async def _lease_lost(self, session: Session) -> None:
-        await self.drop(session, release=False)
+        await self.drop(session, release=False, reason="session moved to another replica; reconnect")
+
+    async def _lease_lapsed(self, session: Session) -> None:
+        """The lease may have lapsed unrenewed: another replica may take the session any moment, so this one
+        stops at once; its kernel (and whatever ran uncommitted) goes, the committed state stays stored."""
+        unsaved = session.execution_count - (session.persistence.state.committed_count if session.persistence else 0)
+        log.warning(
+            "session %s: lease may have lapsed (the store did not confirm it in time); dropped here%s",
+            session.id, f", {unsaved} cells not saved" if session.persistence is not None and unsaved > 0 else "",
+        )  # fmt: skip
+        await self.drop(session, release=False, reason="lease lapsed: the state store is unreachable; reconnect")
 
     async def evict(self, session: Session) -> bool:
         """Free an idle session's kernel; its committed checkpoint is restored on next use."""
@@ -350,16 +400,32 @@ class SessionManager:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(drained(), grace)
 
+    async def _save(self, session: Session) -> bool:
+        """Commit what is pending of one session; False (and why, logged) if it could not be."""
+        if session.persistence is None:
+            return True
+        try:
+            if await session.persistence.flush():
+                return True
+            reason = "its lease was lost" if session.persistence.lost else "the store is unreachable"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        log.error("shutdown: session %s could not be saved: %s", session.id, reason)
+        return False
+
     async def close(self) -> None:
         """Stop: commit what is pending, release every lease, shut every kernel down. State stays stored."""
         self.draining = True
         for task in self._tasks:
             task.cancel()
         sessions = list(self.sessions.values())
-        for session in sessions:
-            if session.persistence is not None:
-                with contextlib.suppress(Exception):
-                    await session.persistence.flush()
+        saved = await asyncio.gather(*(self._save(s) for s in sessions))
+        unsaved = [s.id for s, ok in zip(sessions, saved, strict=True) if not ok]
+        if unsaved:
+            log.error(
+                "shutdown: %d sessions could not be saved; their last cells are lost: %s",
+                len(unsaved), ", ".join(sorted(unsaved)),
+            )  # fmt: skip
         await asyncio.gather(*(self.drop(s, release=True) for s in sessions), return_exceptions=True)
         await self.pool.close()
         self.kernels.close()

@@ -7,11 +7,13 @@ import asyncio
 import time
 from typing import Any
 
-from notebook_state.checkpoint import CheckpointOutcome
+from notebook_state.checkpoint import CheckpointOutcome, CheckpointStatus
 from notebook_state.errors import LeaseLost
 
 from ..kernels.kernel import KernelDied
 from ..types import Channel
+from .acks import CHECKPOINT_FAILED
+from .errors import LeaseUncertain
 from .execution import CellRun, ExecutionResult, ExecutionStatus, OutputCallback
 from .session import KERNEL_DIED_NOTICE, Session
 
@@ -57,6 +59,13 @@ async def run_rest_cell(
             session.last_activity = time.time()
         if session.persistence is not None and session.persistence.lost:
             raise LeaseLost(session.id)
+        committed = isinstance(outcome, CheckpointOutcome) and outcome.status is CheckpointStatus.COMMITTED
+        if not committed and session.refusal() is not None:
+            # The lease lapsed while the cell ran: its kernel is dropped here with whatever it did, and this
+            # replica may no longer be the session's owner. Not a result: the client may send it again,
+            # unless a commit was sent whose answer was lost.
+            uncertain = session.persistence is not None and session.persistence.state.uncertain
+            raise LeaseUncertain(session.id, cell="unknown" if uncertain else "not saved")
         if run.kernel_died and result.status is not ExecutionStatus.TIMEOUT:
             result.status = ExecutionStatus.ERROR
             result.error = {"ename": "KernelDied", "evalue": KERNEL_DIED_NOTICE, "traceback": []}
@@ -68,9 +77,27 @@ async def run_rest_cell(
             result.kernel_restarted = True
         if isinstance(outcome, CheckpointOutcome):
             result.checkpoint = outcome.to_json()
+            _report_checkpoint(session, result, outcome)
         if restored is not None:
             result.restored = restored.to_json()
         return result
+
+
+def _report_checkpoint(session: Session, result: ExecutionResult, outcome: CheckpointOutcome) -> None:
+    """A cell whose checkpoint failed is never reported as a plain success; what the kernel could not capture
+    as asked (aliasing lost, unserialisable values) is named."""
+    if outcome.status is CheckpointStatus.FAILED:
+        saved = session.persistence.state.committed_count if session.persistence is not None else 0
+        reason = (
+            f"the cell ran, but its checkpoint failed ({outcome.error or 'unknown error'}): a restart or move "
+            f"of this session resumes from execution count {saved}"
+        )
+        if result.status is ExecutionStatus.OK:
+            result.status = ExecutionStatus.ERROR
+            result.error = {"ename": CHECKPOINT_FAILED, "evalue": reason, "traceback": []}
+        else:
+            result.notices.append(reason)
+    result.notices.extend(f"checkpoint: {w}" for w in outcome.warnings)
 
 
 async def _await_cell(session: Session, run: CellRun, timeout: float, interrupt_grace: float) -> ExecutionResult:

@@ -7,16 +7,21 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any
 
-from notebook_state.checkpoint import CheckpointOutcome, RestoreReport
+from notebook_state.checkpoint import CheckpointOutcome, CheckpointStatus, RestoreReport
 from notebook_state.errors import LeaseLost
 from notebook_state.persistence import Persistence
 
 from ..kernels.kernel import Kernel, KernelState
 from ..types import Channel, JSONDict, KernelMessage, Subscriber
+from .acks import AckGate
 from .cells import CellQueue
+from .errors import LeaseUncertain
 from .execution import CellRun
+from .lease import HeldLease
 from .replay import ReplayBuffer
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,9 @@ KernelSource = Callable[[], Awaitable[Kernel]]
 
 STATE_LOST_NOTICE = "the session's variables were lost (no checkpoint to restore)"
 KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
+CLOSE_SESSION_MOVED = 1012  # "service restart": reconnect, and land on the session's current owner
+CLOSE_TRY_AGAIN = 1013
+LeaseLostHook = Callable[["Session"], Coroutine[Any, Any, None]]
 
 
 class SessionState(enum.Enum):
@@ -47,11 +55,14 @@ class Session:
         acquire: KernelSource,
         persistence: Persistence | None = None,
         replay_bytes: int = 8 * 1024 * 1024,
+        lease: HeldLease | None = None,
     ) -> None:
         self.id = session_id
         self.kernel = kernel
         self.kernel_name = kernel.name
         self.persistence = persistence
+        self.lease = lease
+        self.on_lease_lost: LeaseLostHook | None = None
         self.state = SessionState.ACTIVE
         self.execution_state = "idle"
         self.execution_count = 0
@@ -71,7 +82,10 @@ class Session:
         self._pending_notices: list[str] = []
         self._unreported_restore: RestoreReport | None = None
         self._replacing: asyncio.Task[None] | None = None
-        self.cells = CellQueue(self._send_cell, self._reply, self._after_cell if persistence else None)
+        self.acks = AckGate(self._dispatch)
+        self.cells = CellQueue(
+            self._send_cell, self._reply, self._after_cell if persistence else None, may_run=self.refusal
+        )
         kernel.listener = self
 
     # -- kernel events -----------------------------------------------------------------------------------
@@ -86,6 +100,12 @@ class Session:
                 count = msg.content.get("execution_count")
                 if isinstance(count, int):
                     self.execution_count = count
+        if self.acks.hold(msg):
+            return
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: KernelMessage) -> None:
+        if msg.channel is Channel.IOPUB:
             route = self._routes.get(msg.parent_id)
             if route is not None and route not in self.connections and route is not self.replay:
                 route.deliver(msg)
@@ -143,12 +163,47 @@ class Session:
         """Send a frontend's message to the kernel, remembering who should get the reply."""
         self.last_activity = time.time()
         await self._kernel_ready.wait()
+        refused = self.refusal() if msg.channel is Channel.SHELL else None
+        if refused is not None:
+            # Shell messages change the kernel (comms run code); none enters while the lease is uncertain.
+            _close(conn, CLOSE_TRY_AGAIN, str(refused))
+            return
         if msg.channel is not Channel.STDIN and msg.msg_id:
             self._routes[msg.msg_id] = conn
         if msg.channel is Channel.SHELL and msg.msg_type == "execute_request":
-            self.cells.submit(conn, msg)
+            done = self.cells.submit(conn, msg)
+            if self.persistence is not None:
+                self.acks.watch(msg.msg_id)
+            done.add_done_callback(partial(self._settle, conn, msg.msg_id))
         else:
             self.kernel.send(msg)
+
+    def refusal(self) -> LeaseUncertain | None:
+        """Why no cell may enter the kernel now, if one may not: the lease is no longer certainly valid."""
+        if self.lease is not None and not self.lease.valid():
+            return LeaseUncertain(self.id)
+        return None
+
+    def _settle(self, conn: Subscriber, msg_id: str, done: asyncio.Future[Any]) -> None:
+        """A WebSocket cell's after-cell step ended: acknowledge it, or say why it never will be."""
+        if done.cancelled():
+            self.acks.drop(msg_id)
+            return
+        exc = done.exception()
+        if exc is None:
+            result = done.result()
+            self.acks.settle(msg_id, result if isinstance(result, CheckpointOutcome) else None)
+        elif isinstance(exc, LeaseUncertain):
+            self.acks.drop(msg_id)
+            _close(conn, CLOSE_TRY_AGAIN, str(exc))
+        elif isinstance(exc, LeaseLost):
+            self.acks.drop(msg_id)  # the session closes here (1012); its new owner has the committed state
+        else:
+            self.acks.settle(msg_id, CheckpointOutcome(CheckpointStatus.FAILED, error=str(exc)))
+
+    def checkpoint_landed(self) -> None:
+        """A pending checkpoint committed (retried by the lease keeper): release what it acknowledges."""
+        self.acks.landed()
 
     def _send_cell(self, msg: KernelMessage) -> None:
         self.kernel.send(msg)
@@ -177,6 +232,8 @@ class Session:
             return await self.persistence.after_cell(kernel)
         except LeaseLost:
             log.warning("session %s: lease lost; this replica stops serving it", self.id)
+            if self.on_lease_lost is not None:
+                asyncio.get_running_loop().create_task(self.on_lease_lost(self))
             raise
 
     # -- for REST cells (kernel_gateway.sessions.rest_cell) ---------------------------------------------
@@ -194,6 +251,9 @@ class Session:
         """What the next REST reply must tell its client (kernel deaths, restores), once."""
         taken, self._pending_notices = self._pending_notices, []
         return taken
+
+    def add_notice(self, notice: str) -> None:
+        self._pending_notices.append(notice)
 
     def discard_notice(self, notice: str) -> None:
         self._pending_notices = [n for n in self._pending_notices if n != notice]
@@ -298,11 +358,14 @@ class Session:
     def status_message(self, state: str, extra: JSONDict | None = None) -> KernelMessage:
         return self.kernel.new_message(Channel.IOPUB, "status", {"execution_state": state, **(extra or {})})
 
-    async def close(self, dead: bool = True) -> None:
-        """Shut the kernel down; attached frontends are told the kernel is dead (or just disconnected)."""
+    async def close(self, dead: bool = True, reason: str = "session moved") -> list[str]:
+        """Shut the kernel down; attached frontends are told the kernel is dead (or just disconnected, with
+        ``reason``). Returns the WebSocket cells that ran but were never acknowledged."""
         if self.state is SessionState.CLOSED:
-            return
+            return []
         self.state = SessionState.CLOSED
+        # Before the queue's reset settles the cells: what was held must not go out now.
+        unacknowledged = self.acks.clear()
         if self._replacing is not None:
             self._replacing.cancel()
         kernel = self.kernel
@@ -316,13 +379,12 @@ class Session:
         if dead:
             self.broadcast_status("dead")
         for conn in list(self.connections):
-            close = getattr(conn, "close_soon", None)
-            if close is not None:
-                close(1000 if dead else 1012, "kernel shut down" if dead else "session moved")
+            _close(conn, 1000 if dead else CLOSE_SESSION_MOVED, "kernel shut down" if dead else reason)
         with contextlib.suppress(Exception):
             await kernel.shutdown(now=not dead)
         if self.persistence is not None:
             self.persistence.forget(kernel)
+        return unacknowledged
 
     # -- state -------------------------------------------------------------------------------------------
 
@@ -334,3 +396,9 @@ class Session:
     @property
     def busy(self) -> bool:
         return self.execution_state == "busy" or self.lock.locked() or self.cells.busy
+
+
+def _close(conn: Subscriber, code: int, reason: str) -> None:
+    close = getattr(conn, "close_soon", None)
+    if close is not None:
+        close(code, reason[:120])  # a close reason is at most 123 bytes

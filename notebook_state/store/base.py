@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,7 +13,21 @@ class StoreUnavailable(Exception):
 
 
 class StaleEpoch(Exception):
-    """A write carried an epoch older than the session's: this replica no longer owns the session."""
+    """A write carried a fencing token that is no longer the session's: this replica no longer owns it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The fencing token of one lease acquisition: the epoch (INCR'd by every acquisition) and a nonce drawn
+    by the acquirer. The nonce tells two acquisitions apart even if a store failover lost an INCR and issued
+    the same epoch twice."""
+
+    epoch: int
+    nonce: str
+
+    @classmethod
+    def new(cls, epoch: int) -> Fence:
+        return cls(epoch, secrets.token_hex(8))
 
 
 @dataclass(slots=True)
@@ -20,10 +35,22 @@ class Lease:
     owner: str
     url: str
     epoch: int
-    expires_at: float  # wall clock, seconds
+    expires_at: float  # this replica's wall clock, from the store's own remaining time to live
 
     def held_by_other(self, replica_id: str, now: float) -> bool:
         return self.owner != replica_id and self.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One lease to extend: whose, at which fencing token, and the last execution count its kernel ran
+    (recorded so a later owner can name the cells that ran but never committed)."""
+
+    session_id: str
+    owner: str
+    url: str
+    fence: Fence
+    ran: int = 0
 
 
 @dataclass(slots=True)
@@ -39,6 +66,7 @@ class SessionRecord:
     variables: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # the KERNEL_* variables its frontend asked for
     tenant: str = ""  # whose token created it; for every other tenant it does not exist ("" with no tenants)
+    ran: int = 0  # the highest execution count any owner ran (committed or not); written by renewals and commits
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -67,6 +95,7 @@ class SessionRecord:
             variables=json.loads(fields.get("variables") or "[]"),
             env=json.loads(fields.get("env") or "{}"),
             tenant=fields.get("tenant", ""),
+            ran=int(fields.get("ran") or 0),
         )
 
 
@@ -82,6 +111,10 @@ class Commit:
     record: SessionRecord
 
 
+LIST_LIMIT = 1000
+"""The most sessions one listing returns; ``after`` pages on."""
+
+
 class StateStore(Protocol):
     async def ping(self) -> None: ...
 
@@ -90,25 +123,32 @@ class StateStore(Protocol):
 
     async def get(self, session_id: str) -> SessionRecord | None: ...
 
-    async def list_sessions(self) -> list[SessionRecord]: ...
+    async def list_sessions(
+        self, tenant: str = "", limit: int = LIST_LIMIT, after: str | None = None
+    ) -> list[SessionRecord]:
+        """One page of a tenant's sessions in creation order: at most ``limit``, those after the session id
+        ``after`` (the last one of the previous page). Cost: the page, never the whole keyspace."""
 
     async def delete(self, session_id: str) -> None:
         """Remove every key of the session."""
 
-    async def acquire(self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None) -> int | None:
-        """Take the session's lease with a new, higher epoch; None if another replica holds it.
+    async def acquire(
+        self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None
+    ) -> Fence | None:
+        """Take the session's lease with a new fencing token (a higher epoch); None if another replica holds it.
 
         ``steal``: take it even from a live holder, if the current epoch is still this one (the holder was
         proven gone); the compare makes two replicas that both saw it gone race safely.
         """
 
-    async def renew(self, session_id: str, owner: str, url: str, epoch: int, ttl: float) -> bool:
-        """Extend a lease this replica holds; False if it was lost (a higher epoch exists)."""
+    async def renew_many(self, renewals: list[Renewal], ttl: float) -> list[bool | None]:
+        """Extend many leases in one round trip: per lease True (renewed), False (lost: its fence moved) or
+        None (unknown: that part of the store did not answer). StoreUnavailable if none could be asked."""
 
-    async def release(self, session_id: str, owner: str, epoch: int) -> None: ...
+    async def release(self, session_id: str, owner: str, fence: Fence) -> None: ...
 
-    async def commit(self, session_id: str, epoch: int, commit: Commit, ttl: float) -> None:
-        """Atomically replace the manifest if ``epoch`` is current (else StaleEpoch); drop unneeded blobs."""
+    async def commit(self, session_id: str, fence: Fence, commit: Commit, ttl: float) -> None:
+        """Atomically replace the manifest if ``fence`` is current (else StaleEpoch); drop unneeded blobs."""
 
     async def load_manifest(self, session_id: str) -> tuple[bytes, str] | None: ...
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .base import Commit, Lease, SessionRecord, StaleEpoch, StoreUnavailable
+from .base import LIST_LIMIT, Commit, Fence, Lease, Renewal, SessionRecord, StaleEpoch, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS sessions (
   lease_expires REAL,
   manifest BLOB,
   manifest_sig TEXT,
-  expires REAL NOT NULL
+  expires REAL NOT NULL,
+  nonce TEXT,
+  ran INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS blobs (
   session_id TEXT NOT NULL,
@@ -60,6 +62,10 @@ class LocalStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        for name, decl in (("nonce", "TEXT"), ("ran", "INTEGER NOT NULL DEFAULT 0")):
+            if name not in columns:  # a data directory of an earlier version
+                self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {decl}")
         self._lock = threading.Lock()
         self._ttl = session_ttl
 
@@ -97,28 +103,33 @@ class LocalStore:
 
         return await self._run(run)
 
+    _COLUMNS = "id, fields, epoch, lease_owner, lease_url, lease_expires, ran"
+
     @staticmethod
-    def _record(row: tuple[str, str, int, str | None, str | None, float | None]) -> SessionRecord:
-        session_id, fields, epoch, owner, url, expires = row
+    def _record(row: tuple[str, str, int, str | None, str | None, float | None, int]) -> SessionRecord:
+        session_id, fields, epoch, owner, url, expires, ran = row
         lease = Lease(owner, url or "", epoch, expires or 0.0) if owner else None
-        return SessionRecord.from_fields(session_id, json.loads(fields), lease)
+        return SessionRecord.from_fields(session_id, {**json.loads(fields), "ran": str(ran)}, lease)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         def run(db: sqlite3.Connection) -> SessionRecord | None:
             row = db.execute(
-                "SELECT id, fields, epoch, lease_owner, lease_url, lease_expires FROM sessions "
-                "WHERE id = ? AND expires >= ?",
-                (session_id, time.time()),
+                f"SELECT {self._COLUMNS} FROM sessions WHERE id = ? AND expires >= ?", (session_id, time.time())
             ).fetchone()
             return self._record(row) if row else None
 
         return await self._run(run)
 
-    async def list_sessions(self) -> list[SessionRecord]:
+    async def list_sessions(
+        self, tenant: str = "", limit: int = LIST_LIMIT, after: str | None = None
+    ) -> list[SessionRecord]:
         def run(db: sqlite3.Connection) -> list[SessionRecord]:
             self._purge_expired(db)
+            start = db.execute("SELECT rowid FROM sessions WHERE id = ?", (after,)).fetchone() if after else None
             rows = db.execute(
-                "SELECT id, fields, epoch, lease_owner, lease_url, lease_expires FROM sessions ORDER BY rowid"
+                f"SELECT {self._COLUMNS} FROM sessions WHERE rowid > ? "
+                "AND coalesce(json_extract(fields, '$.tenant'), '') = ? ORDER BY rowid LIMIT ?",
+                (start[0] if start else 0, tenant, limit),
             ).fetchall()
             return [self._record(r) for r in rows]
 
@@ -131,45 +142,52 @@ class LocalStore:
 
         await self._run(run)
 
-    async def acquire(self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None) -> int | None:
-        def run(db: sqlite3.Connection) -> int | None:
+    async def acquire(
+        self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None
+    ) -> Fence | None:
+        def run(db: sqlite3.Connection) -> Fence | None:
             row = db.execute("SELECT epoch FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return None
-            epoch = int(row[0]) + 1
+            fence = Fence.new(int(row[0]) + 1)
             db.execute(
-                "UPDATE sessions SET epoch = ?, lease_owner = ?, lease_url = ?, lease_expires = ? WHERE id = ?",
-                (epoch, owner, url, time.time() + ttl, session_id),
+                "UPDATE sessions SET epoch = ?, nonce = ?, lease_owner = ?, lease_url = ?, lease_expires = ? "
+                "WHERE id = ?",
+                (fence.epoch, fence.nonce, owner, url, time.time() + ttl, session_id),
             )
-            return epoch
+            return fence
 
         return await self._run(run)
 
-    async def renew(self, session_id: str, owner: str, url: str, epoch: int, ttl: float) -> bool:
-        def run(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "UPDATE sessions SET lease_owner = ?, lease_url = ?, lease_expires = ? WHERE id = ? AND epoch = ?",
-                (owner, url, time.time() + ttl, session_id, epoch),
-            )
-            return cur.rowcount == 1
+    async def renew_many(self, renewals: list[Renewal], ttl: float) -> list[bool | None]:
+        def run(db: sqlite3.Connection) -> list[bool | None]:
+            done: list[bool | None] = []
+            for r in renewals:
+                cur = db.execute(
+                    "UPDATE sessions SET lease_owner = ?, lease_url = ?, lease_expires = ?, ran = max(ran, ?) "
+                    "WHERE id = ? AND epoch = ? AND nonce = ?",
+                    (r.owner, r.url, time.time() + ttl, r.ran, r.session_id, r.fence.epoch, r.fence.nonce),
+                )
+                done.append(cur.rowcount == 1)
+            return done
 
         return await self._run(run)
 
-    async def release(self, session_id: str, owner: str, epoch: int) -> None:
+    async def release(self, session_id: str, owner: str, fence: Fence) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE sessions SET lease_owner = NULL, lease_url = NULL, lease_expires = NULL "
-                "WHERE id = ? AND epoch = ? AND lease_owner = ?",
-                (session_id, epoch, owner),
+                "WHERE id = ? AND epoch = ? AND nonce = ? AND lease_owner = ?",
+                (session_id, fence.epoch, fence.nonce, owner),
             )
 
         await self._run(run)
 
-    async def commit(self, session_id: str, epoch: int, commit: Commit, ttl: float) -> None:
+    async def commit(self, session_id: str, fence: Fence, commit: Commit, ttl: float) -> None:
         def run(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT epoch FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            if row is None or int(row[0]) != epoch:
-                raise StaleEpoch(f"session {session_id!r}: epoch {epoch} is no longer current")
+            row = db.execute("SELECT epoch, nonce FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None or (int(row[0]), row[1]) != (fence.epoch, fence.nonce):
+                raise StaleEpoch(f"session {session_id!r}: epoch {fence.epoch} is no longer current")
             for key, data in commit.blobs.items():
                 db.execute(
                     "INSERT OR REPLACE INTO blobs (session_id, key, data) VALUES (?, ?, ?)", (session_id, key, data)
@@ -177,12 +195,13 @@ class LocalStore:
             for key in commit.drop:
                 db.execute("DELETE FROM blobs WHERE session_id = ? AND key = ?", (session_id, key))
             db.execute(
-                "UPDATE sessions SET manifest = ?, manifest_sig = ?, fields = ?, expires = ? WHERE id = ?",
+                "UPDATE sessions SET manifest = ?, manifest_sig = ?, fields = ?, expires = ?, ran = ? WHERE id = ?",
                 (
                     commit.manifest,
                     commit.manifest_sig,
                     json.dumps(commit.record.to_fields()),
                     time.time() + self._ttl,
+                    commit.record.execution_count,
                     session_id,
                 ),
             )

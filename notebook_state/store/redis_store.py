@@ -1,5 +1,10 @@
-"""The Redis state store: every key of a session shares the ``{session_id}`` hash tag (Redis Cluster ready),
-commits are fenced by the lease epoch in Lua, blobs are chunked, and everything expires with the session."""
+"""The Redis state store, on one Redis or a Redis Cluster.
+
+Every key of a session shares the ``{session_id}`` hash tag, so each session lives in one cluster slot and
+every multi-key step is one Lua script there: no cross-slot transaction, no keyspace scan (a session's blob
+keys are listed in its ``blobs`` set). Writes are fenced by the lease's token (epoch + nonce) inside the
+scripts. A tenant's session index is a sorted set paged by member, never read whole.
+"""
 
 from __future__ import annotations
 
@@ -7,75 +12,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Commit, Lease, SessionRecord, StaleEpoch, StoreUnavailable
+from .base import LIST_LIMIT, Commit, Fence, Lease, Renewal, SessionRecord, StaleEpoch, StoreUnavailable
+from .redis_client import RedisClient, connect
+from .redis_scripts import ACQUIRE, COMMIT, CREATE, RELEASE, RENEW
 
 CHUNK = 8 * 1024 * 1024
-INDEX = "skg:sessions"
 T = TypeVar("T")
-
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
-local holder = redis.call('HGET', KEYS[1], 'owner')
-if holder and holder ~= ARGV[1] then
-  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if ARGV[4] == '' or tonumber(ARGV[4]) ~= current then return -1 end
-end
-local epoch = redis.call('INCR', KEYS[2])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'url', ARGV[2], 'epoch', epoch, 'expires',
-  tonumber(ARGV[5]) + tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-return epoch
-"""
-
-_RENEW = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then
-  if owner ~= ARGV[1] or redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return 0 end
-elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'url', ARGV[5], 'epoch', ARGV[2],
-  'expires', tonumber(ARGV[4]) + tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-end
-return 1
-"""
-
-# KEYS: epoch, manifest, meta, then nkeep blob keys to keep alive, ndrop to delete, and the small new blobs.
-# ARGV: epoch, manifest, sig, ttl, nkeep, ndrop, nfields, the meta fields as name/value pairs, the new blobs.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local ttl = ARGV[4]
-local nkeep, ndrop, nfields = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-redis.call('HSET', KEYS[2], 'data', ARGV[2], 'sig', ARGV[3])
-for i = 8, 7 + 2 * nfields, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
-for i = 4, 3 + nkeep do redis.call('PEXPIRE', KEYS[i], ttl) end
-for i = 4 + nkeep, 3 + nkeep + ndrop do redis.call('DEL', KEYS[i]) end
-local arg = 8 + 2 * nfields
-for i = 4 + nkeep + ndrop, #KEYS do
-  redis.call('DEL', KEYS[i])
-  redis.call('RPUSH', KEYS[i], ARGV[arg])
-  redis.call('PEXPIRE', KEYS[i], ttl)
-  arg = arg + 1
-end
-return 1
-"""
 
 # New blobs up to this size travel inside the commit script: one round trip for a typical cell.
 INLINE_BLOBS = 1024 * 1024
@@ -89,49 +35,74 @@ def _blob_key(session_id: str, key: str) -> str:
     return _k(session_id, f"blob:{key}")
 
 
+def index_key(tenant: str) -> str:
+    """A tenant's session index: its own key (and slot), so listing one tenant never reads another's."""
+    return f"skg:index:{{t:{tenant}}}"
+
+
+def index_member(record: SessionRecord) -> str:
+    """Ordered by creation time, then id: members sort lexicographically, so a page is one ZRANGE BYLEX."""
+    return f"{record.created:020.6f}|{record.id}"
+
+
 class RedisStore:
-    def __init__(self, url: str, session_ttl: float, password: str | None = None) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=15,
-            socket_connect_timeout=2,
-            health_check_interval=10,
-            decode_responses=False,
-            # A pooled connection that died with a Redis restart fails its next command: retry once on a
-            # fresh one before calling the store unavailable.
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+    def __init__(
+        self,
+        url: str,
+        session_ttl: float,
+        password: str | None = None,
+        *,
+        cluster: bool = False,
+        timeout: float = 2.0,
+        wait_replicas: int = 0,
+    ) -> None:
+        self._client: RedisClient = connect(url, password, cluster=cluster, timeout=timeout)
+        self._redis = self._client.redis
         self._ttl_ms = int(session_ttl * 1000)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._renew = self._redis.register_script(_RENEW)
-        self._release = self._redis.register_script(_RELEASE)
-        self._commit = self._redis.register_script(_COMMIT)
+        self._wait = wait_replicas
+        self._wait_ms = max(int(timeout * 500), 10)  # half the socket timeout: WAIT answers before the socket gives up
+        self._scripts = {text: self._redis.register_script(text) for text in (ACQUIRE, COMMIT, CREATE, RELEASE)}
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
+        except StaleEpoch:
+            raise
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
         except RedisError as exc:
             raise StoreUnavailable(f"Redis error: {exc}") from exc
 
+    async def _replicated(self, session_id: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a fenced script; with ``wait_replicas``, answer only once that many replicas have it (WAIT on
+        the same connection, which is what WAIT counts)."""
+        if self._wait == 0:
+            return await self._scripts[script](keys=keys, args=args)
+        result, acked = await self._client.eval_and_wait(_k(session_id, "meta"), script, keys, args,
+                                                         self._wait, self._wait_ms)  # fmt: skip
+        if acked < self._wait:
+            raise StoreUnavailable(f"only {acked} of {self._wait} Redis replicas acknowledged the write in time")
+        return result
+
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        await self._call(self._client.ping)
 
     async def create(self, record: SessionRecord) -> bool:
-        meta = _k(record.id, "meta")
+        fields = record.to_fields()
+        args: list[Any] = [self._ttl_ms]
+        for name, value in fields.items():
+            args += [name, value]
+
+        index, member = index_key(record.tenant), index_member(record)
 
         async def run() -> bool:
-            created = await self._redis.hsetnx(meta, "kernel_name", record.kernel_name)
-            if not created:
+            # The index is another slot, so it is a separate command, written first: an entry whose session
+            # does not exist is pruned by the next listing that meets it, while a session must never be
+            # missing from its index.
+            await self._redis.zadd(index, {member: 0})
+            if not await self._scripts[CREATE](keys=[_k(record.id, "meta")], args=args):
+                await self._redis.zrem(index, member)
                 return False
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(meta, mapping=record.to_fields())  # type: ignore[arg-type]
-                pipe.pexpire(meta, self._ttl_ms)
-                pipe.zadd(INDEX, {record.id: record.created})
-                await pipe.execute()
             return True
 
         return await self._call(run)
@@ -141,72 +112,111 @@ class RedisStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(_k(session_id, "meta"))
                 pipe.hgetall(_k(session_id, "lease"))
-                meta, lease = await pipe.execute()
+                pipe.pttl(_k(session_id, "lease"))
+                meta, lease, pttl = await pipe.execute()
             if not meta:
                 return None
-            return SessionRecord.from_fields(session_id, _decode(meta), _lease(lease))
+            return SessionRecord.from_fields(session_id, _decode(meta), _lease(lease, pttl))
 
         return await self._call(run)
 
-    async def list_sessions(self) -> list[SessionRecord]:
-        async def run() -> list[SessionRecord]:
-            raw: list[Any] = await self._redis.zrange(INDEX, 0, -1)
-            ids = [bytes(i).decode() for i in raw]
+    async def list_sessions(
+        self, tenant: str = "", limit: int = LIST_LIMIT, after: str | None = None
+    ) -> list[SessionRecord]:
+        index = index_key(tenant)
+
+        async def page(start: bytes) -> tuple[list[SessionRecord], list[bytes], bytes | None]:
+            raw: list[bytes] = await self._redis.zrangebylex(index, start, b"+", start=0, num=limit)
+            ids = [bytes(m).decode().partition("|")[2] for m in raw]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for session_id in ids:
                     pipe.hgetall(_k(session_id, "meta"))
                     pipe.hgetall(_k(session_id, "lease"))
+                    pipe.pttl(_k(session_id, "lease"))
                 found = await pipe.execute()
             records, expired = [], []
             for i, session_id in enumerate(ids):
-                meta, lease = found[2 * i], found[2 * i + 1]
+                meta, lease, pttl = found[3 * i : 3 * i + 3]
                 if meta:
-                    records.append(SessionRecord.from_fields(session_id, _decode(meta), _lease(lease)))
+                    records.append(SessionRecord.from_fields(session_id, _decode(meta), _lease(lease, pttl)))
                 else:
-                    expired.append(session_id)
-            if expired:  # their keys expired: prune the index
-                await self._redis.zrem(INDEX, *expired)
-            return records
+                    expired.append(raw[i])
+            return records, expired, (b"(" + bytes(raw[-1])) if len(raw) == limit else None
+
+        async def run() -> list[SessionRecord]:
+            start = b"-"
+            if after is not None:
+                cursor = await self.get(after)
+                if cursor is not None:
+                    start = b"(" + index_member(cursor).encode()
+            records: list[SessionRecord] = []
+            # Expired sessions leave index entries behind; prune them as pages meet them (bounded: a few pages).
+            for _ in range(8):
+                found, expired, next_start = await page(start)
+                records += found
+                if expired:
+                    await self._redis.zrem(index, *expired)
+                if next_start is None or len(records) >= limit:
+                    break
+                start = next_start
+            return records[:limit]
 
         return await self._call(run)
 
     async def delete(self, session_id: str) -> None:
         async def run() -> None:
-            pattern = _k(session_id, "*")
-            keys: list[bytes] = [k async for k in self._redis.scan_iter(match=pattern, count=500)]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if keys:
-                    pipe.delete(*keys)
-                pipe.zrem(INDEX, session_id)
-                await pipe.execute()
+            meta = await self._redis.hgetall(_k(session_id, "meta"))
+            blobs: set[bytes] = await self._redis.smembers(_k(session_id, "blobs"))
+            parts = ("meta", "lease", "epoch", "nonce", "manifest", "blobs")
+            # One slot (the hash tag): one DEL of every key the session has.
+            await self._redis.delete(*(_k(session_id, p) for p in parts), *(bytes(b).decode() for b in blobs))
+            if meta:
+                record = SessionRecord.from_fields(session_id, _decode(meta), None)
+                await self._redis.zrem(index_key(record.tenant), index_member(record))
 
         await self._call(run)
 
-    async def acquire(self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None) -> int | None:
-        keys = [_k(session_id, "lease"), _k(session_id, "epoch"), _k(session_id, "meta")]
-        args: list[Any] = [owner, url, int(ttl * 1000), "" if steal is None else steal, _now_ms(), self._ttl_ms]
-        result = int(await self._call(lambda: self._acquire(keys=keys, args=args)))
-        return result if result > 0 else None
+    async def acquire(
+        self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None
+    ) -> Fence | None:
+        keys = [_k(session_id, p) for p in ("lease", "epoch", "meta", "nonce")]
+        nonce = Fence.new(0).nonce
+        args: list[Any] = [owner, url, int(ttl * 1000), "" if steal is None else steal, self._ttl_ms, nonce]
+        result = int(await self._call(lambda: self._replicated(session_id, ACQUIRE, keys, args)))
+        return Fence(result, nonce) if result > 0 else None
 
-    async def renew(self, session_id: str, owner: str, url: str, epoch: int, ttl: float) -> bool:
-        keys = [_k(session_id, "lease"), _k(session_id, "epoch")]
-        args: list[Any] = [owner, epoch, int(ttl * 1000), _now_ms(), url]
-        return bool(await self._call(lambda: self._renew(keys=keys, args=args)))
+    async def renew_many(self, renewals: list[Renewal], ttl: float) -> list[bool | None]:
+        if not renewals:
+            return []
 
-    async def release(self, session_id: str, owner: str, epoch: int) -> None:
-        await self._call(lambda: self._release(keys=[_k(session_id, "lease")], args=[owner, epoch]))
+        async def run() -> list[bool | None]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for r in renewals:
+                    keys = [_k(r.session_id, p) for p in ("lease", "epoch", "nonce", "meta")]
+                    args = [r.owner, r.fence.epoch, r.fence.nonce, int(ttl * 1000), r.url, r.ran, self._ttl_ms]
+                    pipe.eval(RENEW, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            if all(isinstance(x, Exception) for x in results):
+                raise results[0]
+            return [None if isinstance(x, Exception) else bool(x) for x in results]
 
-    async def commit(self, session_id: str, epoch: int, commit: Commit, ttl: float) -> None:
+        return await self._call(run)
+
+    async def release(self, session_id: str, owner: str, fence: Fence) -> None:
+        keys = [_k(session_id, "lease"), _k(session_id, "nonce")]
+        await self._call(lambda: self._scripts[RELEASE](keys=keys, args=[owner, fence.epoch, fence.nonce]))
+
+    async def commit(self, session_id: str, fence: Fence, commit: Commit, ttl: float) -> None:
         ttl_ms = self._ttl_ms
-
         inline = sum(len(b) for b in commit.blobs.values()) <= INLINE_BLOBS
+        blobset = _k(session_id, "blobs")
 
         async def write_blobs() -> None:
             if not commit.blobs or inline:
                 return
             # Blobs are content-addressed (group id + hash): writing one that is never referenced is harmless,
             # so they go first and the fenced manifest swap below is what makes the checkpoint current.
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 for key, data in commit.blobs.items():
                     bkey = _blob_key(session_id, key)
                     pipe.delete(bkey)
@@ -214,6 +224,8 @@ class RedisStore:
                     chunks: list[Any] = [view[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
                     pipe.rpush(bkey, *chunks)
                     pipe.pexpire(bkey, ttl_ms)
+                    pipe.sadd(blobset, bkey)
+                pipe.pexpire(blobset, ttl_ms)
                 await pipe.execute()
 
         await self._call(write_blobs)
@@ -221,17 +233,18 @@ class RedisStore:
         drop = [_blob_key(session_id, k) for k in commit.drop]
         new = list(commit.blobs.items()) if inline else []
         keys = [
-            _k(session_id, "epoch"), _k(session_id, "manifest"), _k(session_id, "meta"),
-            *keep, *drop, *(_blob_key(session_id, k) for k, _ in new),
+            _k(session_id, "epoch"), _k(session_id, "nonce"), _k(session_id, "manifest"), _k(session_id, "meta"),
+            blobset, *keep, *drop, *(_blob_key(session_id, k) for k, _ in new),
         ]  # fmt: skip
-        fields = commit.record.to_fields()
-        args: list[Any] = [epoch, commit.manifest, commit.manifest_sig, ttl_ms, len(keep), len(drop), len(fields)]
+        fields = {**commit.record.to_fields(), "ran": str(commit.record.execution_count)}
+        args: list[Any] = [fence.epoch, fence.nonce, commit.manifest, commit.manifest_sig, ttl_ms,
+                           len(keep), len(drop), len(fields)]  # fmt: skip
         for name, value in fields.items():
             args += [name, value]
         args += [data for _, data in new]
-        ok = await self._call(lambda: self._commit(keys=keys, args=args))
+        ok = await self._call(lambda: self._replicated(session_id, COMMIT, keys, args))
         if not ok:
-            raise StaleEpoch(f"session {session_id!r}: epoch {epoch} is no longer current")
+            raise StaleEpoch(f"session {session_id!r}: epoch {fence.epoch} is no longer current")
 
     async def load_manifest(self, session_id: str) -> tuple[bytes, str] | None:
         found: list[Any] = await self._call(lambda: self._redis.hmget(_k(session_id, "manifest"), ["data", "sig"]))
@@ -251,24 +264,22 @@ class RedisStore:
         return await self._call(run)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+        await self._client.close()
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def _lease(raw: dict[bytes, bytes]) -> Lease | None:
-    if not raw:
+def _lease(raw: dict[bytes, bytes], pttl: int) -> Lease | None:
+    """The lease, live for as long as the store itself keeps it: its expiry comes from the key's remaining time
+    to live, so replicas whose clocks disagree still agree on when it lapses."""
+    if not raw or pttl is None or pttl <= 0:
         return None
     fields = _decode(raw)
     return Lease(
         owner=fields.get("owner", ""),
         url=fields.get("url", ""),
         epoch=int(fields.get("epoch") or 0),
-        expires_at=float(fields.get("expires") or 0) / 1000,
+        expires_at=time.time() + pttl / 1000,
     )

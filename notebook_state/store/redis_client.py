@@ -1,0 +1,111 @@
+"""The Redis connection of the store: one Redis, or a Redis Cluster (which follows MOVED and failovers).
+
+Timeouts are short on purpose: a store call must fail well inside a lease's lifetime, so that a replica cut
+off from Redis learns it while its lease is still certainly valid, and a client waits seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> tuple[str, bool]:
+    """``redis+cluster://host:port`` names a cluster (by any of its nodes): the plain URL, and True."""
+    parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme])), True
+    return url, False
+
+
+def _options(timeout: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "decode_responses": False,
+        # A pooled connection that died with a Redis restart fails its next command: retry once on a fresh
+        # one before calling the store unavailable (each attempt bounded by the timeout above).
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+@dataclass
+class RedisClient:
+    redis: Any  # aioredis.Redis | RedisCluster: the same command API
+    cluster: bool
+    password: str | None
+    timeout: float
+    _nodes: dict[tuple[str, int], aioredis.Redis] = field(default_factory=dict)
+
+    async def ping(self) -> None:
+        if self.cluster:
+            await self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self.redis.ping()
+
+    async def eval_and_wait(
+        self, slot_key: str, script: str, keys: list[str], args: list[Any], replicas: int, wait_ms: int
+    ) -> tuple[Any, int]:
+        """Run a script, then WAIT for ``replicas`` on the same connection; (script result, replicas that
+        acknowledged). On a cluster, both go to the primary of the script's slot."""
+        for attempt in (0, 1):
+            client = self.redis if not self.cluster else self._node_for(slot_key)
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.eval(script, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", replicas, wait_ms)
+                    result, acked = await pipe.execute()
+                return result, int(acked)
+            except (MovedError, RedisConnectionError) as exc:
+                if not self.cluster or attempt == 1:
+                    raise
+                if isinstance(exc, RedisConnectionError):
+                    self._nodes.pop(self._address(slot_key), None)
+                await self.redis.nodes_manager.initialize()  # the slot moved (a failover): learn where to
+        raise AssertionError("unreachable")
+
+    def _address(self, slot_key: str) -> tuple[str, int]:
+        node = self.redis.get_node_from_key(slot_key)
+        return str(node.host), int(node.port)
+
+    def _node_for(self, slot_key: str) -> aioredis.Redis:
+        address = self._address(slot_key)
+        node = self._nodes.get(address)
+        if node is None:
+            node = aioredis.Redis(host=address[0], port=address[1], password=self.password, **_options(self.timeout))
+            self._nodes[address] = node
+        return node
+
+    async def close(self) -> None:
+        for node in self._nodes.values():
+            await node.aclose()
+        await self.redis.aclose()
+
+
+def connect(url: str, password: str | None, *, cluster: bool, timeout: float) -> RedisClient:
+    url, by_scheme = cluster_url(url)
+    if cluster or by_scheme:
+        parts = urlsplit(url)
+        redis: Any = RedisCluster(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            password=password or parts.password,
+            username=parts.username,
+            ssl=parts.scheme == "rediss",
+            **_options(timeout),
+        )
+        return RedisClient(redis, True, password or parts.password, timeout)
+    redis = aioredis.Redis.from_url(url, password=password, health_check_interval=10, **_options(timeout))
+    return RedisClient(redis, False, password, timeout)
