@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, ByteSize, Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SKG_"
@@ -153,6 +154,91 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Logging level.")
     log_json: bool = Field(True, description="Structured JSON logs (one object per line).")
+
+    # -- tenants, trust and browsers (docs/security.md) -------------------------------------------------------
+    tenants_file: Path | None = Field(
+        None,
+        description="JSON object mapping each tenant's name to the SHA-256 hex digest of its token, or to "
+        '{"token_sha256": ..., "max_sessions": n, "kernel_memory": bytes}. With it, every request needs a '
+        "tenant's token (on loopback too), and a session exists only for the tenant that created it.",
+    )
+    tenant_max_sessions: int = Field(
+        0, ge=0, description="Sessions one tenant may have at once (0: no limit); a tenants-file entry may differ."
+    )
+    peer_cidr: list[IPvAnyNetwork] = Field(
+        [],
+        description="Networks other replicas' addresses lie in. An owner URL read from the store outside them "
+        "is never contacted. Default: the advertise URL's host, or any address when that is a name.",
+    )
+    peer_url_pattern: str | None = Field(
+        None,
+        description="Regular expression every owner URL read from the store must match in full "
+        r"(e.g. 'http://10\.0\.\d+\.\d+:8080'); others are never contacted.",
+    )
+    allowed_hosts: list[str] = Field(
+        [],
+        description="Host header values accepted when bound to loopback without a token, besides localhost, "
+        "127.0.0.1 and [::1] (a DNS-rebinding page sends its own host name).",
+    )
+    allowed_origins: list[str] = Field(
+        [],
+        description="Origins (scheme://host:port) whose pages may open kernel WebSockets when bound to loopback "
+        "without a token, besides the gateway's own loopback origins.",
+    )
+
+    # -- kernel sandbox and limits ----------------------------------------------------------------------------
+    sandbox: Literal["auto", "bwrap", "uid", "none"] = Field(
+        "auto",
+        description="How kernels are isolated: bubblewrap namespaces, else a uid of their own (as root), else "
+        "none (auto picks the strongest that works and reports it at start and in /readyz; naming one makes "
+        "start fail without it).",
+    )
+    sandbox_tmp_size: ByteSize = Field(
+        ByteSize(512 * 1024**2), gt=0, description="Size of a sandboxed kernel's private /tmp (and of its /dev/shm)."
+    )
+    sandbox_bind: list[Path] = Field(
+        [], description="Host directories bound read-write into every kernel's sandbox (shared data, notebooks)."
+    )
+    sandbox_network: bool = Field(True, description="Sandboxed kernels reach the network (off: loopback only).")
+    sandbox_uid_base: int = Field(
+        50_000, ge=1, description="First uid given to kernels that run as a uid of their own."
+    )
+    sandbox_uid_count: int = Field(10_000, ge=1, description="How many uids from --sandbox-uid-base kernels may use.")
+    kernel_memory_limit: ByteSize = Field(
+        ByteSize(0),
+        ge=0,
+        description="Address space a kernel may use (RLIMIT_AS, e.g. 4GiB; 0: no limit); a tenants-file entry "
+        "may set its own. A kernel that goes over it is replaced and its session restored from its last checkpoint.",
+    )
+    kernel_env_allow: list[str] = Field(
+        [], description="Names of the service's environment variables that kernels inherit besides the allow-list."
+    )
+
+    # -- bounded resources ------------------------------------------------------------------------------------
+    max_sessions: int = Field(
+        0,
+        ge=0,
+        description="Sessions one replica serves at once (0: no limit). Beyond it, new and restored sessions get "
+        "503 + Retry-After, so that the platform scales out instead of the replica running out of memory.",
+    )
+    checkpoint_max_bytes: ByteSize = Field(
+        ByteSize(4 * 1024**3), gt=0, description="Largest checkpoint a kernel may hand over (read into memory)."
+    )
+    ws_send_queue_bytes: ByteSize = Field(
+        ByteSize(64 * 1024**2), gt=0, description="Bytes buffered for one slow WebSocket client before it is dropped."
+    )
+    stream_queue_bytes: ByteSize = Field(
+        ByteSize(16 * 1024**2),
+        gt=0,
+        description="Bytes of output buffered for one slow SSE client; beyond it outputs are dropped (the final "
+        "reply still comes, with every output).",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers (and idle keep-alive time)."
+    )
+    limit_concurrency: int = Field(
+        1000, ge=0, description="Connections and requests served at once; beyond it, 503 (0: no limit)."
+    )
 
     @model_validator(mode="after")
     def _token_required_off_loopback(self) -> Settings:

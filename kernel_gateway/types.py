@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from notebook_state.types import JSONDict, SessionId
@@ -111,6 +112,42 @@ class ManagerSettings(Protocol):
 
     @property
     def allowed_kernel_env_prefix(self) -> str: ...
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def tenants_file(self) -> Path | None: ...
+
+    @property
+    def sandbox(self) -> str: ...
+
+    @property
+    def sandbox_tmp_size(self) -> int: ...
+
+    @property
+    def sandbox_bind(self) -> list[Path]: ...
+
+    @property
+    def sandbox_network(self) -> bool: ...
+
+    @property
+    def sandbox_uid_base(self) -> int: ...
+
+    @property
+    def sandbox_uid_count(self) -> int: ...
+
+    @property
+    def kernel_memory_limit(self) -> int: ...
+
+    @property
+    def kernel_env_allow(self) -> list[str]: ...
+
+    @property
+    def checkpoint_max_bytes(self) -> int: ...
+
+    @property
+    def max_sessions(self) -> int: ...
 
     @property
     def ws_replay_bytes(self) -> int: ...

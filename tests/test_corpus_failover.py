@@ -78,7 +78,9 @@ CHECK = """(
 def test_corpus_restores_on_another_replica_after_kill_9(tmp_path: Path) -> None:
     data = tmp_path / "data.txt"
     data.write_text("first\nsecond\n")
-    with redis_server(tmp_path / "redis") as srv, replicas(tmp_path, srv, 2) as (a, b):
+    # The cells read and write files here: bound into every kernel's sandbox, as a shared volume would be.
+    bind = ("--sandbox-bind", str(tmp_path))
+    with redis_server(tmp_path / "redis") as srv, replicas(tmp_path, srv, 2, *bind) as (a, b):
         check_corpus(a, b, data, tmp_path)
 
 

@@ -93,7 +93,9 @@ def test_kernel_env_only_passes_kernel_variables(client: httpx.Client) -> None:
 
 
 def test_kernel_working_dir_is_honoured_where_it_exists(client: httpx.Client, tmp_path: Path) -> None:
-    for workdir, expected in ((tmp_path, str(tmp_path)), (tmp_path / "missing", None)):
+    # A directory the sandboxed kernel can see (this checkout, read-only), and one that exists nowhere.
+    here = Path(__file__).resolve().parent
+    for workdir, expected in ((here, str(here)), (tmp_path / "missing", None)):
         kid = client.post("/api/kernels", json={"env": {"KERNEL_WORKING_DIR": str(workdir)}}).json()["id"]
         out = client.post("/execute", json={"code": "import os\nos.getcwd()", "session": kid}).json()
         cwd = out["outputs"][0]["data"]["text/plain"].strip("'")

@@ -3,6 +3,7 @@ test_notebook_state, they are evicted to the store)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import signal
@@ -17,6 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.jupyter_ws import run_cell
+from tests.kernel_process import CONNECTION_FILE, host_pid, kernel_dir
 from tests.service import running_service, start_service
 
 
@@ -46,11 +48,13 @@ def test_sigterm_lets_running_cell_finish_then_exits_cleanly(tmp_path: Path) -> 
     service = start_service(tmp_path, ["--pool-size", "2", "--shutdown-grace", "20"])
     try:
         with service.client() as c:
-            sid = c.post("/execute", json={"code": "import os; os.getpid()"}).json()
-            kernel_pid = int(sid["outputs"][0]["data"]["text/plain"])
+            sid = c.post("/execute", json={"code": CONNECTION_FILE}).json()
+            connection_file = ast.literal_eval(sid["outputs"][0]["data"]["text/plain"])
+            kernel_pid = host_pid(connection_file)
             box: dict[str, httpx.Response] = {}
 
-            release = tmp_path / "release"
+            # In the kernel's own directory: a sandboxed kernel sees that one at the same path (not tmp_path).
+            release = kernel_dir(connection_file) / "release"
 
             def slow() -> None:
                 # The cell runs until the test has checked the drain, then ends: no clock decides the order.

@@ -3,6 +3,7 @@ tampered checkpoints, and the WebSocket face's cell ordering and restore notice.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.jupyter_ws import execute_request, recv_json, run_cell
+from tests.kernel_process import CONNECTION_FILE, host_pid
 from tests.redis_server import redis_server
 from tests.service import Service, running_service, start_service
 from tests.test_replicas import SIGNING_KEY, TOKEN, run, value
@@ -49,8 +51,9 @@ def test_embedded_store_survives_a_restart(tmp_path: Path) -> None:
 def test_idle_session_is_evicted_and_restored_on_next_use(tmp_path: Path) -> None:
     args = ["--pool-size", "1", "--evict-idle-after", "1.5"]
     with running_service(tmp_path, args) as service, service.client() as c:
-        reply = run(service, "import os\nkernel_pid = os.getpid()\nkernel_pid")
-        sid, pid = reply["session"], int(value(reply))
+        reply = run(service, f"kernel_file = {CONNECTION_FILE}\nkernel_file")
+        sid, kernel_file = reply["session"], value(reply)
+        pid = host_pid(ast.literal_eval(kernel_file))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and c.get(f"/sessions/{sid}").json()["state"] != "stored":
             time.sleep(0.3)
@@ -61,10 +64,10 @@ def test_idle_session_is_evicted_and_restored_on_next_use(tmp_path: Path) -> Non
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(pid)  # the kernel's memory is freed
-        again = run(service, "kernel_pid", sid)
-        assert int(value(again)) == pid  # the variable came back from the store
+        again = run(service, "kernel_file", sid)
+        assert value(again) == kernel_file  # the variable came back from the store
         assert again["restored"] is not None
-        assert "kernel_pid" in again["restored"]["restored"]
+        assert "kernel_file" in again["restored"]["restored"]
         metrics = c.get("/metrics").text
         assert "skg_restores_total 1.0" in metrics
         assert 'skg_checkpoints_total{status="committed"}' in metrics

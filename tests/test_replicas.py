@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.kernel_process import CONNECTION_FILE
 from tests.redis_server import RedisServer, redis_server
 from tests.service import Service, start_service
 
@@ -137,7 +138,8 @@ def test_replicas_racing_for_one_session_never_both_run_it(tmp_path: Path, redis
     with replicas(tmp_path, redis_srv, 3) as (a, b, c):
         sid = run(a, "counter = 0\nimport os\nowners = set()")["session"]
         a.stop(signal.SIGTERM)  # the session is now unowned: B and C race for it
-        code = "counter += 1\nowners.add(os.getpid())\ncounter"
+        # The kernel's connection file names it on the host (a sandboxed kernel's pid is the same in each).
+        code = f"counter += 1\nowners.add({CONNECTION_FILE})\ncounter"
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda i: run((b, c)[i % 2], code, sid), range(8)))
         assert sorted(int(value(r)) for r in replies) == list(range(1, 9))

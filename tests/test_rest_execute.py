@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.kernel_process import CONNECTION_FILE, host_pid
 from tests.service import Service, running_service
 
 
@@ -260,8 +262,8 @@ def test_dead_kernel_is_reported_and_replaced(tight_service: Service) -> None:
 
 def test_kernel_dying_while_idle_is_reported_on_next_call(tight_service: Service, tmp_path: Path) -> None:
     with tight_service.client() as c:
-        sid = c.post("/execute", json={"code": "import os; pid = os.getpid(); pid"}).json()
-        pid = int(sid["outputs"][0]["data"]["text/plain"])
+        sid = c.post("/execute", json={"code": CONNECTION_FILE}).json()
+        pid = host_pid(ast.literal_eval(sid["outputs"][0]["data"]["text/plain"]))
         import os
         import signal
 

@@ -12,7 +12,7 @@ import contextlib
 import enum
 import hmac
 import logging
-import os
+import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,10 +51,16 @@ class KernelDied(Exception):
 class Kernel:
     """An ipykernel process started by jupyter_client, and the service's channels to it."""
 
-    def __init__(self, km: AsyncKernelManager, name: str) -> None:
-        self.id = str(uuid.uuid4())
+    def __init__(
+        self, km: AsyncKernelManager, name: str, kernel_id: str | None = None, directory: Path | None = None
+    ) -> None:
+        self.id = kernel_id or str(uuid.uuid4())
         self.name = name
         self.km = km
+        self.directory = directory  # the kernel's own files (connection file, sockets, hand-overs): removed with it
+        self.exit_code: int | None = None
+        self.uid: int | None = None  # the uid of its own it runs as, when the sandbox gives it one
+        self.memory_limit: int | None = None  # bytes of address space the kernel may use, once set
         self.state = KernelState.STARTING
         self.listener: KernelListener | None = None
         self._session = km.session
@@ -67,10 +73,13 @@ class Kernel:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    async def start(self, env: Mapping[str, str], timeout: float) -> None:
+    async def start(self, env: Mapping[str, str], timeout: float, cwd: Path | None = None) -> None:
         """Launch the process, connect the channels and wait until the kernel answers on shell and iopub."""
         try:
-            await asyncio.wait_for(self.km.start_kernel(env=dict(env)), timeout)
+            launch: dict[str, Any] = {"env": dict(env)}
+            if cwd is not None:
+                launch["cwd"] = str(cwd)
+            await asyncio.wait_for(self.km.start_kernel(**launch), timeout)
             identity = self._session.bsession
             self._sockets = {
                 Channel.SHELL: self.km.connect_shell(identity=identity),
@@ -114,6 +123,8 @@ class Kernel:
                 await self.km.shutdown_kernel(now=now)
         with contextlib.suppress(Exception):
             await self.km.cleanup_resources()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     async def interrupt(self) -> None:
         if self.state is KernelState.READY:
@@ -228,6 +239,8 @@ class Kernel:
             except Exception:
                 alive = False
             if not alive:
+                process = getattr(self.km.provisioner, "process", None)
+                self.exit_code = getattr(process, "returncode", None)
                 self.state = KernelState.DEAD
                 self._fail_calls(KernelDied(f"kernel {self.id} exited"))
                 listener = self.listener
@@ -240,49 +253,3 @@ class Kernel:
             if not fut.done():
                 fut.set_exception(exc)
         self._calls.clear()
-
-
-_SECRET_MARKERS = ("REDIS", "TOKEN", "SECRET", "PASSWORD", "SIGNING", "CREDENTIAL")
-
-
-def kernel_environment(base: Mapping[str, str], env_prefix: str) -> dict[str, str]:
-    """The environment a kernel process starts with: the service's own, less its settings and secrets.
-
-    User code runs in the kernel, so nothing that configures the service (``SKG_*``) or grants access to its
-    store or clients may reach it.
-    """
-    return {
-        k: v
-        for k, v in base.items()
-        if not k.startswith(env_prefix) and not any(marker in k.upper() for marker in _SECRET_MARKERS)
-    }
-
-
-async def start_kernel(
-    name: str,
-    context: zmq.asyncio.Context,
-    runtime_dir: Path,
-    env_prefix: str,
-    timeout: float,
-    extra_env: Mapping[str, str] | None = None,
-) -> Kernel:
-    """Start a kernel of kernelspec ``name`` with a sanitised environment and wait until it is ready."""
-    runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stem = str(runtime_dir / uuid.uuid4().hex[:12])
-    # IPC (Unix sockets in a private directory): local kernels need no TCP ports, no other user can
-    # connect, and a round trip is cheaper than over loopback TCP.
-    km = AsyncKernelManager(
-        kernel_name=name,
-        context=context,
-        transport="ipc",
-        ip=stem,
-        connection_file=f"{stem}.json",
-    )
-    # The process dies with the service's process group only if we ask; jupyter_client restarts are ours.
-    km.autorestart = False
-    kernel = Kernel(km, name)
-    env = kernel_environment(os.environ, env_prefix)
-    if extra_env:
-        env.update(extra_env)
-    await kernel.start(env, timeout)
-    return kernel

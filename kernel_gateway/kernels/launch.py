@@ -1,0 +1,107 @@
+"""Launching one kernel process: its environment (an allow-list) and jupyter_client's manager, started through
+the sandbox's command prefix."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+from jupyter_client.manager import AsyncKernelManager
+
+from .kernel import Kernel
+
+ALLOWED_NAMES = frozenset(
+    {
+        "PATH", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME",
+        "PYTHONPATH", "PYTHONIOENCODING", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
+        "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "MPLBACKEND", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS",
+    }
+)  # fmt: skip
+"""What a kernel inherits of the service's environment, besides KERNEL_* and the configured prefix."""
+ALLOWED_PREFIXES = ("LC_", "KERNEL_")
+_SECRET_MARKERS = ("REDIS", "TOKEN", "SECRET", "PASSWORD", "SIGNING", "CREDENTIAL", "KEY")
+_CREDENTIALS_IN_URL = re.compile(r"//[^/@\s]*@")
+
+
+def kernel_environment(
+    base: Mapping[str, str], env_prefix: str, allowed_prefix: str = "KERNEL_", extra: Iterable[str] = ()
+) -> dict[str, str]:
+    """The environment a kernel process starts with: only what is known to be harmless.
+
+    User code runs in the kernel, so it gets an allow-list of the service's variables (the toolchain, locale,
+    proxies without credentials), ``KERNEL_*`` and the configured frontend prefix, plus names the operator
+    adds; never the service's own settings (``SKG_*``) nor anything named like a secret.
+    """
+    allowed = ALLOWED_NAMES | set(extra)
+    prefixes = (*ALLOWED_PREFIXES, allowed_prefix) if allowed_prefix else ALLOWED_PREFIXES
+    env: dict[str, str] = {}
+    for name, value in base.items():
+        if name.startswith(env_prefix) or not (name in allowed or name.startswith(prefixes)):
+            continue
+        if name not in extra and any(m in name.upper() for m in _SECRET_MARKERS):
+            continue
+        if "PROXY" in name.upper() and _CREDENTIALS_IN_URL.search(value):
+            continue
+        env[name] = value
+    return env
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """jupyter_client's manager, launching the kernel's command behind the sandbox's prefix.
+
+    ``format_kernel_cmd`` is jupyter_client's documented hook for the launch command; everything else
+    (connection file, ports, shutdown) stays jupyter_client's own.
+    """
+
+    def __init__(self, launch_prefix: list[str], kernel_uid: int | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.launch_prefix = launch_prefix
+        self.kernel_uid = kernel_uid
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        return [*self.launch_prefix, *super().format_kernel_cmd(extra_arguments)]
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        super().write_connection_file(**kwargs)
+        if self.kernel_uid is not None:  # the kernel runs as a uid of its own: its key file is its alone
+            os.chown(self.connection_file, self.kernel_uid, self.kernel_uid)
+
+
+async def start_kernel(
+    name: str,
+    context: zmq.asyncio.Context,
+    kernel_dir: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    launch_prefix: list[str] | None = None,
+    kernel_uid: int | None = None,
+    cwd: Path | None = None,
+) -> Kernel:
+    """Start a kernel of kernelspec ``name`` whose files all live in ``kernel_dir``; wait until it is ready."""
+    # IPC (Unix sockets in the kernel's own directory): no TCP ports, no other user can connect, a sandbox
+    # sees its own sockets only, and a round trip is cheaper than over loopback TCP.
+    km = SandboxedKernelManager(
+        launch_prefix or [],
+        kernel_uid,
+        kernel_name=name,
+        context=context,
+        transport="ipc",
+        ip=str(kernel_dir / "k"),
+        connection_file=str(kernel_dir / "kernel.json"),
+    )
+    # The process dies with the service's process group only if we ask; jupyter_client restarts are ours.
+    km.autorestart = False
+    if launch_prefix and km.kernel_spec is not None:
+        # A signal would reach the sandbox's own processes first (bubblewrap dies of SIGINT, taking the kernel
+        # with it); ipykernel interrupts itself on an interrupt_request instead.
+        km.kernel_spec.interrupt_mode = "message"
+    kernel = Kernel(km, name, kernel_dir.name, kernel_dir)
+    await kernel.start(env, timeout, cwd)
+    return kernel
