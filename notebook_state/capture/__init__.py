@@ -9,7 +9,10 @@ Runs INSIDE the ipykernel process and imports nothing from the service (``kernel
 
 Modules: ``analysis`` (what a cell could touch), ``groups`` (alias groups), ``hashing``, ``serialize`` (blob
 format), ``replay`` (unserialisable variables), ``tracker`` (events + incremental checkpoint) and ``restorer``
-(restore; not named ``restore``, which would shadow the function below once imported).
+(restore; not named ``restore``, which would shadow the function below once imported). Process state that is not
+a variable (random generators, ``sys.path``, IPython and library settings) goes through the hook registry of
+``hooks`` (built-ins in ``hooks_runtime``, ``hooks_random``, ``hooks_ipython``, ``hooks_history``,
+``hooks_libraries``, ``hooks_matplotlib``), run by ``process_state``. docs/process-state.md describes it.
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ def tracker_of(shell: Any = None) -> Tracker:
     tracker = getattr(shell, _ATTR, None)
     if isinstance(tracker, Tracker) and tracker.ns is shell.user_ns:
         return tracker
-    if isinstance(tracker, Tracker):  # the shell's namespace was replaced: start over
-        _unregister(shell, tracker)
+    old = tracker if isinstance(tracker, Tracker) else None
+    if old is not None:  # the shell's namespace was replaced: start over (the process is the same)
+        _unregister(shell, old)
     tracker = Tracker(shell)
+    if old is not None:
+        tracker.process = old.process
     shell.events.register("pre_run_cell", tracker.pre_run_cell)
     shell.events.register("post_run_cell", tracker.post_run_cell)
     setattr(shell, _ATTR, tracker)
@@ -58,18 +64,19 @@ def _unregister(shell: Any, tracker: Tracker) -> None:
             shell.events.unregister(event, callback)
 
 
-def install(shell: Any = None, auto_dir: str | None = None) -> None:
+def install(shell: Any = None, auto_dir: str | None = None, process: bool = True) -> None:
     """Install the tracker on ``shell`` (``get_ipython()`` by default). Idempotent.
 
     With ``auto_dir``, every cell's checkpoint is written into ``auto_dir/<seq>/`` as the cell ends (in
     post_run_cell, before the kernel replies), so the service needs no extra request to get it.
+    ``process=False`` checkpoints variables only, none of the process state of ``hooks`` (benchmarks compare).
     """
     from . import tracker as tracker_module
 
     if auto_dir is not None:
         os.makedirs(auto_dir, mode=0o700, exist_ok=True)
         tracker_module.AUTO_DIR = auto_dir
-    tracker_of(shell)
+    tracker_of(shell).process.enabled = process
 
 
 def checkpoint(out_dir: str, shell: Any = None, *, full: bool = False) -> None:

@@ -17,6 +17,7 @@ def restore_into(tracker: Tracker, in_dir: str) -> dict[str, Any]:
     """Load groups, re-import modules, replay what can be replayed; return (and write) the report."""
     shell, ns = tracker.shell, tracker.ns
     report: dict[str, Any] = {"restored": [], "replayed": [], "modules": [], "lost": {}, "execution_count": None}
+    report["process"] = {"restored": [], "lost": {}}
     lost: dict[str, str] = report["lost"]
     try:
         with open(os.path.join(in_dir, "manifest.json"), encoding="utf-8") as f:
@@ -27,8 +28,11 @@ def restore_into(tracker: Tracker, in_dir: str) -> dict[str, Any]:
         report["error"] = f"manifest: {_error(exc)}"
         _write_json(os.path.join(in_dir, "report.json"), report)
         return report
+    _process(tracker, in_dir, manifest, True, report)  # working directory, sys.path, modules: what unpickling needs
     restored: set[str] = set()
     for gid, group in manifest.get("groups", {}).items():
+        if "process" in group:
+            continue
         names = list(group.get("names", []))
         try:
             objs = load_blob(os.path.join(in_dir, f"{gid}.bin"), ns)
@@ -55,6 +59,7 @@ def restore_into(tracker: Tracker, in_dir: str) -> dict[str, Any]:
     lost.update(replay_lost)
     for name, reason in manifest.get("lost", {}).items():
         lost.setdefault(name, reason)
+    _process(tracker, in_dir, manifest, False, report)
     count = int(manifest.get("execution_count", 0))
     try:
         shell.execution_count = count + 1
@@ -62,9 +67,17 @@ def restore_into(tracker: Tracker, in_dir: str) -> dict[str, Any]:
         report["error"] = f"execution_count: {_error(exc)}"
     try:
         tracker.adopt(manifest, restored, set(replayed), modules)
+        tracker.process.adopt(manifest, report["process"]["restored"])
     except Exception as exc:
         tracker.conservative = True
         report["error"] = f"tracker: {_error(exc)}\n{traceback.format_exc()}"
     report.update(restored=sorted(restored), replayed=list(replayed), modules=sorted(modules), execution_count=count)
     _write_json(os.path.join(in_dir, "report.json"), report)
     return report
+
+
+def _process(tracker: Tracker, in_dir: str, manifest: dict[str, Any], early: bool, report: dict[str, Any]) -> None:
+    try:
+        tracker.process.restore(in_dir, manifest, early, report["process"])
+    except Exception as exc:
+        report["process"]["lost"]["*"] = f"process state not restored: {_error(exc)}\n{traceback.format_exc()}"

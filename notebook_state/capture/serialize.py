@@ -245,6 +245,23 @@ def serialize(objs: dict[str, Any], ns: dict[str, Any]) -> Serialized:
             raise first from None
 
 
+def serialize_data(objs: dict[str, Any]) -> Serialized:
+    """Plain data (built-in types, library objects importable by name, numpy arrays) with the C pickler: no
+    per-object Python hook, several times faster for small states. Read back like a cloudpickle blob."""
+    out = io.BytesIO()
+    buffers: list[memoryview] = []
+
+    def keep(pb: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(pb.raw())
+        except BufferError:
+            return True
+        return False
+
+    pickle.Pickler(out, protocol=5, buffer_callback=keep).dump(objs)
+    return _finish("cloudpickle", out.getbuffer(), buffers)
+
+
 def write_blob(path: str, ser: Serialized) -> None:
     with open(path, "wb") as f:
         for chunk in ser.chunks():
@@ -256,6 +273,11 @@ def load_blob(path: str, ns: dict[str, Any]) -> dict[str, Any]:
     with open(path, "rb") as f:
         data = bytearray(os.fstat(f.fileno()).st_size)  # one copy: straight from the file into the buffer
         f.readinto(data)
+    return load_bytes(data, ns)
+
+
+def load_bytes(data: bytearray, ns: dict[str, Any]) -> dict[str, Any]:
+    """Unpickle a blob held in memory (a writable buffer: arrays are rebuilt on it)."""
     view = memoryview(data)
     magic, code, nbuf, stream_len = _FIXED.unpack_from(view, 0)
     if magic != MAGIC or code not in _NAMES:

@@ -13,6 +13,7 @@ from typing import Any
 from .analysis import analyse_cell, reached_names, statements_of
 from .groups import AliasIndex, reachable_ids, skip_ids
 from .hashing import group_id
+from .process_state import ProcessState
 from .replay import Binding, kind_of, plan
 from .serialize import serialize, write_blob
 
@@ -55,6 +56,9 @@ class Tracker:
         self._cell: list[Any] | None = None
         self._before: dict[str, int] = {}
         self._after: dict[str, int] | None = None
+        # Process state (random generators, sys.path, IPython, libraries) outlives a reset of the variables.
+        process = getattr(self, "process", None)
+        self.process = process if isinstance(process, ProcessState) else ProcessState(shell)
 
     # -- names ------------------------------------------------------------------------------------------
 
@@ -79,9 +83,12 @@ class Tracker:
         try:
             # The previous cell's closing snapshot serves as this cell's opening one: whatever changed in
             # between (a frontend's silent execute) then shows up as rebound by this cell, which is safe.
+            self.process.ensure_baseline()  # once, before the notebook's first cell
             self._before = self._after if self._after is not None else self._ids()
             source = getattr(info, "transformed_cell", None) or self.shell.transform_cell(info.raw_cell or "")
             cell = analyse_cell(source)
+            if cell.conservative and "run_line_magic" in source:
+                self.process.pre_cell(cell.statements)
             if cell.conservative:
                 self.conservative = True
             else:
@@ -96,6 +103,7 @@ class Tracker:
         try:
             statements, self._cell = self._cell, None
             self.seq += 1
+            self.process.post_cell()
             ns, before = self.ns, self._before
             failed = getattr(result, "error_in_exec", None) is not None
             after = self._after = self._ids()
@@ -207,19 +215,21 @@ class Tracker:
         self.known = current
         self.pending.clear()
         self.conservative = False
+        try:
+            process, process_section = self.process.capture(out_dir, force, self._after or self._ids())
+        except Exception as exc:  # the variables' checkpoint stands; the service notices unstored parts
+            process, process_section = {}, {}
+            errors.append(f"process state: {_error(exc)}\n{traceback.format_exc()}")
+        groups = {
+            gid: {"names": list(g.names), "hash": g.hash, "size": g.size, "serializer": g.serializer,
+                  "written": gid in written}
+            for gid, g in sorted(self.groups.items())
+        }  # fmt: skip
         return {
             "format": FORMAT,
             "execution_count": int(self.shell.execution_count) - 1,
-            "groups": {
-                gid: {
-                    "names": list(g.names),
-                    "hash": g.hash,
-                    "size": g.size,
-                    "serializer": g.serializer,
-                    "written": gid in written,
-                }
-                for gid, g in sorted(self.groups.items())
-            },
+            "groups": {**groups, **process},
+            "process": process_section,
             "modules": dict(sorted(self.modules.items())),
             "replay": replay,
             "lost": lost,
@@ -278,7 +288,7 @@ class Tracker:
         self.conservative = False
         for gid, g in manifest.get("groups", {}).items():
             names = tuple(sorted(g["names"]))
-            if set(names) <= restored:
+            if "process" not in g and set(names) <= restored:
                 self.groups[gid] = GroupState(names, g["hash"], g["size"], g["serializer"])
                 self.name_gid.update(dict.fromkeys(names, gid))
         self.modules = {n: m for n, m in manifest.get("modules", {}).items() if n in modules}
