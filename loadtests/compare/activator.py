@@ -1,0 +1,164 @@
+"""The scale-to-zero stand-in: a TCP front for one backend process, like Knative's activator and autoscaler.
+
+A connection to a stopped backend starts it and is held until the backend is ready (the request waits, as
+Knative's activator buffers it); the backend is stopped once no connection has been open through this front for
+``idle_after`` seconds. This is a stand-in for Knative on one machine, not Knative: it has no queue-proxy, no
+concurrency target and no revision routing. All fronts run on one event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loadtests.common import HOST
+
+_CONNECT_TIMEOUT = 5.0
+
+
+class Backend(Protocol):
+    """A process the activator can start (returning once it is ready) and stop."""
+
+    port: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+
+@dataclass
+class Activator:
+    name: str
+    backend: Backend
+    idle_after: float
+    port: int = 0
+    paused: bool = True  # idle stops are off until the driver says so (phases where idle actions are measured)
+    starts: list[float] = field(default_factory=list)  # seconds each on-demand start took
+    stops: int = 0
+    open: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    _lock: asyncio.Lock | None = None
+    _server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def listen(self) -> None:
+        self._lock = asyncio.Lock()
+        self._server = await asyncio.start_server(self._handle, HOST, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def ensure_started(self) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            if not self.backend.running():
+                began = time.monotonic()
+                await asyncio.to_thread(self.backend.start)
+                self.starts.append(time.monotonic() - began)
+
+    async def stop_backend(self) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            if self.backend.running():
+                await asyncio.to_thread(self.backend.stop)
+                self.stops += 1
+
+    async def idle_check(self) -> None:
+        idle = self.open == 0 and time.monotonic() - self.last_activity > self.idle_after
+        if not self.paused and idle and self.backend.running():
+            await self.stop_backend()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.last_activity = time.monotonic()
+        try:
+            try:
+                await self.ensure_started()
+                b_reader, b_writer = await asyncio.wait_for(
+                    asyncio.open_connection(HOST, self.backend.port), _CONNECT_TIMEOUT
+                )
+            except Exception:
+                writer.close()
+                return
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    while data := await src.read(65536):
+                        self.last_activity = time.monotonic()
+                        dst.write(data)
+                        await dst.drain()
+                with contextlib.suppress(OSError):
+                    dst.close()
+
+            await asyncio.gather(pipe(reader, b_writer), pipe(b_reader, writer))
+        finally:
+            self.open -= 1
+            self.last_activity = time.monotonic()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+class Fronts:
+    """Every activator of a model, on one event loop thread that also runs their idle checks."""
+
+    def __init__(self) -> None:
+        self.activators: list[Activator] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="activators", daemon=True)
+        self._thread.start()
+        self._call(self._watch(), timeout=0)
+
+    def _call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return None if timeout == 0 else future.result(timeout)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            await asyncio.gather(*(a.idle_check() for a in self.activators), return_exceptions=True)
+
+    def add(self, name: str, backend: Backend, idle_after: float) -> Activator:
+        activator = Activator(name, backend, idle_after)
+        self._call(activator.listen(), 10)
+        self.activators.append(activator)
+        return activator
+
+    def set_paused(self, paused: bool) -> None:
+        now = time.monotonic()
+        for a in self.activators:
+            a.paused = paused
+            a.last_activity = max(a.last_activity, now) if not paused else a.last_activity
+
+    def start(self, activator: Activator, timeout: float = 180.0) -> None:
+        self._call(activator.ensure_started(), timeout)
+
+    def stop(self, activator: Activator, timeout: float = 120.0) -> None:
+        self._call(activator.stop_backend(), timeout)
+
+    def stop_all(self, timeout: float = 120.0) -> None:
+        """Scale every backend to zero now (what the idle timer would do later)."""
+        self._call(self._gather(lambda a: a.stop_backend()), timeout)
+
+    async def _gather(self, each: Callable[[Activator], Coroutine[Any, Any, None]]) -> None:
+        await asyncio.gather(*(each(a) for a in self.activators))
+
+    def running(self) -> int:
+        return sum(1 for a in self.activators if a.backend.running())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop_all()
+        for a in self.activators:
+            self._loop.call_soon_threadsafe(a.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
