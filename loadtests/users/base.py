@@ -60,7 +60,12 @@ class IdentityPool:
             self._taken.discard(identity)
 
 
-POOL = IdentityPool()
+_POOLS: dict[str, IdentityPool] = {}
+
+
+def pool_for(user_class: type) -> IdentityPool:
+    """Each user class has identities of its own: a REST user never comes back as a notebook user."""
+    return _POOLS.setdefault(user_class.__name__, IdentityPool())
 
 
 class _Samples:
@@ -127,13 +132,17 @@ class IdentifiedUser(HttpUser):
     abstract = True
     identity: int = -1
 
+    @property
+    def pool(self) -> IdentityPool:
+        return pool_for(type(self))
+
     def on_start(self) -> None:
-        self.identity = POOL.claim()
+        self.identity = self.pool.claim()
         seed = SETTINGS.seed if SETTINGS.seed is not None else random.randrange(1 << 30)
         self.rng = random.Random(seed * 1000 + self.identity)
 
     def on_stop(self) -> None:
-        POOL.release(self.identity)
+        self.pool.release(self.identity)
 
     def wait_time(self) -> float:
         if current_phase(self.environment) == "saturation":

@@ -19,7 +19,7 @@ import websocket
 from locust import task
 
 from loadtests.users import cells
-from loadtests.users.base import POOL, SETTINGS, CellFailed, IdentifiedUser, Remembered, StateLost
+from loadtests.users.base import SETTINGS, CellFailed, IdentifiedUser, Remembered, StateLost
 from loadtests.users.protocol import CellOutcome, decode, execute_request
 from loadtests.users.settings import auth_headers
 
@@ -67,7 +67,7 @@ class JupyterKernelUser(IdentifiedUser):
         started = time.perf_counter()
         self.ensure_server()
         base, token = self.server()
-        known = POOL.remembered.get(self.identity)
+        known = self.pool.remembered.get(self.identity)
         self.kernel_id = ""
         if known is not None:
             with self.client.get(
@@ -100,14 +100,14 @@ class JupyterKernelUser(IdentifiedUser):
         if known is None:
             marker = f"u{self.identity}-{uuid.uuid4().hex[:8]}"
             self.run_cell(cells.make_state_cell(marker), "first result", started, kind="state")
-            POOL.remembered[self.identity] = Remembered(self.kernel_id, marker)
+            self.pool.remembered[self.identity] = Remembered(self.kernel_id, marker)
             return
         outcome = self.run_cell(cells.STATE_CHECK, "first result", started, kind="state check")
         lost = None if cells.state_kept(outcome.stdout, known.marker) else StateLost(f"user {self.identity}")
         self.fire("STATE", "state after idle", started, lost)
         if lost is not None:
             self.run_cell(cells.make_state_cell(known.marker), "restore by hand", time.perf_counter())
-        POOL.remembered[self.identity] = Remembered(self.kernel_id, known.marker)
+        self.pool.remembered[self.identity] = Remembered(self.kernel_id, known.marker)
 
     def run_cell(self, code: str, name: str, started: float, **ctx: Any) -> CellOutcome:
         """One execute_request over the socket, fired as one event; raises (after firing) when it failed."""
