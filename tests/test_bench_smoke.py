@@ -54,9 +54,9 @@ def test_smoke_run_fills_every_section_and_checks_every_target(tmp_path: Path) -
 
     cpu = result["cpu_ms_per_execute"]
     for face in ("rest_execute", "websocket_execute"):
-        assert {"service", "kernels", "executes"} <= set(cpu[face])
+        assert {"service", "kernels", "session_kernel", "executes"} <= set(cpu[face])
         assert cpu[face]["executes"] == result["config"]["runs"]
-    assert {"kernels", "executes"} <= set(cpu["raw_jupyter_client_ipc"])
+    assert {"kernels", "session_kernel", "executes"} <= set(cpu["raw_jupyter_client_ipc"])
     assert set(result["throughput"]) == {"raw_jupyter_client", "ours_websocket", "ours_rest"}
     levels = [str(n) for n in result["config"]["concurrency_levels"]]
     assert all(list(by_level) == levels for by_level in result["throughput"].values())

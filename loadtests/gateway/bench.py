@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from . import coldstart, jkg, latency, memory, throughput
-from .clients import create_session, delete_session
+from . import coldstart, jkg, latency, memory, profile, throughput
+from .clients import create_session, delete_session, rest_execute, timed_block
 from .config import Config, Json
 from .context import Run, progress
 from .processes import Target, describe, kernelspec_argv, wait_pool_full
@@ -67,6 +67,15 @@ def _measure(run: Run) -> Json:
     wait_pool_full(ours, client)
     jkg_kernel = jkg_kernels[0] if jkg_kernels else None
     latency.measure(run, ours, client, rest_sessions[0], ws_kernels[0], jkg_target, jkg_kernel)
+    if cfg.profile:
+        [ws] = run.channels(ours, ws_kernels[:1])
+        result["profile"] = profile.faces(
+            run,
+            ours,
+            rest=lambda n: len([rest_execute(client, rest_sessions[0]) for _ in range(n)]),
+            ws=lambda n: len(run.loop.run(timed_block(ws.execute, n))),
+        )
+        run.loop.run(ws.close(), timeout=30)
     services = [("ours", ours, ws_kernels, rest_sessions)]
     if jkg_target is not None:
         services.append(("jkg", jkg_target, jkg_kernels, []))

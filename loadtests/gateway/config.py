@@ -43,6 +43,7 @@ class Config:
     redis: bool  # the services under test keep state in a Redis of the run's own (else the embedded store)
     checkpoint: bool
     skip_jkg: bool
+    profile: bool  # py-spy the service and its kernels over extra blocks of executes
     mode: str  # "full", "quick" or "smoke"
     jkg_venv: Path
     output: Path
@@ -76,6 +77,7 @@ class Config:
             "pool_size": self.pool_size,
             "evict_idle_after_seconds": EVICT_IDLE_AFTER,
             "skip_jkg": self.skip_jkg,
+            "profile": self.profile,
         }
 
 
@@ -108,6 +110,7 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument("--sessions", type=int, default=None, help="top concurrency level; idle sessions (8)")
     parser.add_argument("--pool-size", type=int, default=None, help="warm pool of the services under test (2)")
     parser.add_argument("--skip-jkg", action="store_true", help="skip the jupyter-kernel-gateway comparison")
+    parser.add_argument("--profile", action="store_true", help="py-spy profiles of REST and WebSocket executes")
     parser.add_argument("--no-checkpoint", action="store_true", help="our service without per-cell checkpoints")
     parser.add_argument("--jkg-venv", type=Path, default=DEFAULT_JKG_VENV, help=f"its venv ({DEFAULT_JKG_VENV})")
     parser.add_argument("--output", type=Path, default=None, help=f"JSON result file (under {RESULTS})")
@@ -133,6 +136,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         redis=args.redis,
         checkpoint=not args.no_checkpoint,
         skip_jkg=args.skip_jkg,
+        profile=args.profile,
         mode=mode,
         jkg_venv=args.jkg_venv.resolve(),
         output=output,

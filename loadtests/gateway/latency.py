@@ -18,7 +18,7 @@ from .clients import close_all, healthz, rest_execute, timed_block
 from .config import Json
 from .context import Run, progress
 from .processes import Target, wait_pool_full
-from .sampling import CpuReader, CpuTally, latency_stats, pids_cpu
+from .sampling import CpuReader, CpuTally, children_cpu_by_pid, latency_stats, pids_cpu
 
 Block = Callable[[int], list[float]]
 
@@ -47,18 +47,25 @@ def measure(
     wait_pool_full(ours, client)
     ours_cpu = run.service_cpu(ours)
 
+    def gateway_tally(target: Target) -> CpuTally:
+        return CpuTally(run.service_cpu(target), children_cpu_by_pid(target.process.pid))
+
+    def raw_tally(pid: int) -> CpuTally:
+        read = pids_cpu([pid])
+        return CpuTally({"kernels": read}, lambda: {pid: read()})
+
     measures: dict[str, tuple[Block, CpuTally]] = {
         "raw_jupyter_client_ipc": (
             lambda n: run.loop.run(timed_block(raw["ipc"].execute, n)),
-            CpuTally({"kernels": pids_cpu([raw["ipc"].pid])}),
+            raw_tally(raw["ipc"].pid),
         ),
         "raw_jupyter_client_tcp": (
             lambda n: run.loop.run(timed_block(raw["tcp"].execute, n)),
-            CpuTally({"kernels": pids_cpu([raw["tcp"].pid])}),
+            raw_tally(raw["tcp"].pid),
         ),
         "http_floor_healthz": (lambda n: [healthz(client) for _ in range(n)], CpuTally(ours_cpu)),
-        "rest_execute": (lambda n: [rest_execute(client, rest_session)[0] for _ in range(n)], CpuTally(ours_cpu)),
-        "websocket_execute": (lambda n: run.loop.run(timed_block(ws.execute, n)), CpuTally(ours_cpu)),
+        "rest_execute": (lambda n: [rest_execute(client, rest_session)[0] for _ in range(n)], gateway_tally(ours)),
+        "websocket_execute": (lambda n: run.loop.run(timed_block(ws.execute, n)), gateway_tally(ours)),
     }
     idle = {"serverless_kernel_gateway": idle_cpu(run, ours_cpu, 1.0 if cfg.mode == "smoke" else 3.0)}
     opened = [ws]
@@ -66,7 +73,7 @@ def measure(
         [jkg_ws] = run.channels(jkg, [jkg_kernel])
         opened.append(jkg_ws)
         jkg_cpu = run.service_cpu(jkg)
-        measures["jkg_websocket_execute"] = (lambda n: run.loop.run(timed_block(jkg_ws.execute, n)), CpuTally(jkg_cpu))
+        measures["jkg_websocket_execute"] = (lambda n: run.loop.run(timed_block(jkg_ws.execute, n)), gateway_tally(jkg))
         idle["jupyter_kernel_gateway"] = idle_cpu(run, jkg_cpu, 1.0 if cfg.mode == "smoke" else 3.0)
 
     progress(f"latency and CPU per execute: {', '.join(measures)}: {cfg.warmup} warm-up + {cfg.runs} runs each")

@@ -59,6 +59,18 @@ def children_cpu(pid: int) -> CpuReader:
     return read
 
 
+def children_cpu_by_pid(pid: int) -> Callable[[], dict[int, float]]:
+    """Each live descendant's CPU seconds, by pid: tells the session's kernel from idle ones."""
+    root = psutil.Process(pid)
+
+    def read() -> dict[int, float]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return {child.pid: _cpu(child) for child in root.children(recursive=True)}
+        return {}
+
+    return read
+
+
 def pids_cpu(pids: Iterable[int]) -> CpuReader:
     procs = [psutil.Process(pid) for pid in pids]
     return lambda: sum(_cpu(proc) for proc in procs)
@@ -67,29 +79,43 @@ def pids_cpu(pids: Iterable[int]) -> CpuReader:
 class CpuTally:
     """CPU seconds spent by named groups of processes over measured blocks, and the executes they served.
 
+    With ``by_pid`` (a gateway's descendants, by pid), ``session_kernel`` is the one descendant that spent the
+    most: the kernel that ran the cells, without the idle kernels beside it.
+
     /proc counts CPU in clock ticks (10 ms): a block should last well over that, and figures per execute come
     from the sum over all blocks."""
 
-    def __init__(self, groups: Mapping[str, CpuReader]) -> None:
+    def __init__(self, groups: Mapping[str, CpuReader], by_pid: Callable[[], dict[int, float]] | None = None) -> None:
         self.groups = dict(groups)
+        self.by_pid = by_pid
         self.seconds = dict.fromkeys(self.groups, 0.0)
+        self.pid_seconds: dict[int, float] = {}
         self.executes = 0
         self._before: dict[str, float] | None = None
+        self._pids_before: dict[int, float] = {}
 
     def start(self) -> None:
         self._before = {name: read() for name, read in self.groups.items()}
+        self._pids_before = self.by_pid() if self.by_pid else {}
 
     def stop(self, executes: int) -> None:
         assert self._before is not None, "stop() without start()"
         for name, read in self.groups.items():
             self.seconds[name] += read() - self._before[name]
+        if self.by_pid is not None:
+            for pid, seconds in self.by_pid().items():
+                if pid in self._pids_before:  # one that started meanwhile is not a session's kernel
+                    delta = seconds - self._pids_before[pid]
+                    self.pid_seconds[pid] = self.pid_seconds.get(pid, 0.0) + delta
         self.executes += executes
         self._before = None
 
     def per_execute_ms(self) -> Json:
+        seconds = dict(self.seconds)
+        if self.by_pid is not None:
+            seconds["session_kernel"] = max(self.pid_seconds.values(), default=0.0)
         out: Json = {
-            name: round(1000.0 * seconds / self.executes, 3) if self.executes else None
-            for name, seconds in self.seconds.items()
+            name: round(1000.0 * s / self.executes, 3) if self.executes else None for name, s in seconds.items()
         }
         out["executes"] = self.executes
         return out
