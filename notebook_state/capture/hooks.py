@@ -34,7 +34,8 @@ Contract of a hook:
   independently (only changed parts are written again). ``ctx.lost(reason)`` names what it had to leave
   out; raising loses the hook's whole state, with the reason. ``ctx.baseline`` is what ``baseline(ctx)``
   returned before the notebook's first cell (a fresh kernel's state), ``ctx.fingerprint`` the value just
-  taken, ``ctx.previous`` the one of the last capture (None on the first or a full one).
+  taken, ``ctx.previous`` the one of the last capture (None on the first or a full one), ``ctx.memo`` a dict
+  the hook keeps from one call to the next (in this kernel: a restore may fill it for the next capture).
 - ``restore(state, ctx)`` puts the state back into a fresh kernel, in the order of ``order``: hooks with
   ``before_variables`` run before any variable is loaded (the working directory, ``sys.path``, modules: what
   unpickling needs), the others after variables and replays. Raising, or ``ctx.lost(reason)``, names what did
@@ -67,6 +68,7 @@ class Context:
     previous: Any = None  # the fingerprint of this hook's last capture (None: first, or full)
     fingerprint: Any = None  # the fingerprint just taken, in capture (compare it with ``baseline``)
     problems: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict)  # this hook's own scratch space, for this kernel
 
     def lost(self, reason: str) -> None:
         """Name something this hook could not capture or restore (shown in the restore report)."""

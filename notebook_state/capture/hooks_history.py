@@ -21,9 +21,6 @@ IN_CHUNK_BYTES = 4096
 OUT_CHUNK = 16
 OUT_VALUE_LIMIT = 16 * 1024
 
-# Out entries already looked at: {n: (the object, its record)}; records of variables are checked each cell.
-_out_records: dict[int, tuple[Any, tuple[str, Any]]] = {}
-
 
 def _history(ctx: Context) -> Any:
     return getattr(ctx.shell, "history_manager", None)
@@ -31,19 +28,22 @@ def _history(ctx: Context) -> Any:
 
 # -- In -----------------------------------------------------------------------------------------------------
 
-_starts: list[int] = [0]  # where each chunk of In begins, found incrementally (the same on every kernel)
 
-
-def _extend_starts(raw: list[str]) -> list[int]:
-    """A chunk is closed once it has ``IN_CHUNK`` cells or ``IN_CHUNK_BYTES`` of source."""
-    start = _starts[-1]
-    size = 0
+def _chunk_starts(ctx: Context, raw: list[str], fresh: bool) -> tuple[list[int], int]:
+    """Where each chunk of In begins (the same on every kernel: a chunk is closed once it has ``IN_CHUNK``
+    cells or ``IN_CHUNK_BYTES`` of source), found from where the last capture left off; and how many closed
+    chunks that capture stored."""
+    starts: list[int] = ctx.memo.setdefault("starts", [0])
+    if fresh or starts[-1] > len(raw):
+        starts[:] = [0]
+    stored = len(starts) - 1
+    start, size = starts[-1], 0
     for i in range(start, len(raw)):
         if i - start == IN_CHUNK or size >= IN_CHUNK_BYTES:
             start, size = i, 0
-            _starts.append(i)
+            starts.append(i)
         size += len(raw[i])
-    return _starts
+    return starts, stored
 
 
 def _capture_inputs(ctx: Context) -> Parts | None:
@@ -51,12 +51,7 @@ def _capture_inputs(ctx: Context) -> Parts | None:
     parsed, raw = hm.input_hist_parsed, hm.input_hist_raw
     if len(parsed) <= 1:
         return None
-    if ctx.full or ctx.previous is None or _starts[-1] > len(raw):
-        _starts[:] = [0]
-        stored = 0
-    else:
-        stored = len(_starts) - 1  # closed chunks already stored
-    starts = _extend_starts(raw)
+    starts, stored = _chunk_starts(ctx, raw, ctx.full or ctx.previous is None)
     parts = Parts(keep=[f"in{b}" for b in starts[:stored]], inline=["tail"])
     for b, e in zip(starts[stored:-1], starts[stored + 1 :], strict=True):
         parts[f"in{b}"] = (b, parsed[b:e], raw[b:e])
@@ -85,7 +80,6 @@ def _restore_inputs(state: dict[str, tuple[int, list[str], list[str]]], ctx: Con
     names = {f"_i{n}": source for n, source in enumerate(raw) if n}
     names.update(_i=hm._i00, _ii=hm._i, _iii=hm._ii)
     ctx.shell.push(names, interactive=False)
-    _starts[:] = [0]
 
 
 INPUTS = Hook(
@@ -115,34 +109,41 @@ def _record(value: Any, by_id: dict[int, str]) -> tuple[str, Any]:
     return ("lost", f"{what}, held by no variable")
 
 
+def _records(ctx: Context) -> dict[int, tuple[Any, tuple[str, Any]]]:
+    """Out entries already looked at: {n: (the object, its record)}."""
+    records: dict[int, tuple[Any, tuple[str, Any]]] = ctx.memo.setdefault("records", {})
+    return records
+
+
 def _outputs_fingerprint(ctx: Context) -> Any:
     hm, ns = _history(ctx), ctx.ns
     refs_valid = all(
-        ns.get(rec[1]) is obj for obj, rec in _out_records.values() if rec[0] == "variable"
+        ns.get(rec[1]) is obj for obj, rec in _records(ctx).values() if rec[0] == "variable"
     )  # a variable an entry points to was rebound: the entry becomes a copy, or is lost
     return (len(hm.output_hist), refs_valid, Same(getattr(ctx.shell.displayhook, "_", None)))
 
 
 def _capture_outputs(ctx: Context) -> Parts | None:
     out: dict[int, Any] = _history(ctx).output_hist
+    records = _records(ctx)
     if not out:
-        _out_records.clear()
+        records.clear()
         return None
     by_id = {i: name for name, i in ctx.user_ids.items()}
     ns = ctx.ns
     chunks: dict[int, dict[int, tuple[str, Any]]] = {}
     dirty: set[int] = set()
-    for n in list(_out_records):
+    for n in list(records):
         if n not in out:
-            del _out_records[n]
+            del records[n]
             dirty.add(n // OUT_CHUNK)
     for n, value in sorted(out.items()):
-        seen = _out_records.get(n)
+        seen = records.get(n)
         stale = seen is not None and seen[1][0] == "variable" and ns.get(seen[1][1]) is not value
         if seen is None or seen[0] is not value or stale:
-            _out_records[n] = (value, _record(value, {} if stale else by_id))
+            records[n] = (value, _record(value, {} if stale else by_id))
             dirty.add(n // OUT_CHUNK)
-        chunks.setdefault(n // OUT_CHUNK, {})[n] = _out_records[n][1]
+        chunks.setdefault(n // OUT_CHUNK, {})[n] = records[n][1]
     if ctx.full or ctx.previous is None:
         dirty = set(chunks)
     parts = Parts(

@@ -41,8 +41,6 @@ REPLAYED_MAGICS: dict[str, int] = {
     "unalias": 1,
 }
 
-_replayed: dict[tuple[str, str], str] = {}  # (magic, identifying words) -> line, in call order
-
 
 def magic_calls(statements: Iterable[Any]) -> list[tuple[str, str]]:
     """``(magic, line)`` of the replayed line magics a transformed cell calls (IPython turns ``%xmode Plain``
@@ -63,24 +61,31 @@ def magic_calls(statements: Iterable[Any]) -> list[tuple[str, str]]:
     return found
 
 
-def note_magics(shell: Any, calls: list[tuple[str, str]]) -> None:
+def note_magics(shell: Any, calls: list[tuple[str, str]], memo: dict[str, Any]) -> None:
     """Remember the replayed magics a cell ran (after it ran: ``{var}`` is expanded with the cell's values)."""
     for name, line in calls:
         if "{" in line or "$" in line:
             with contextlib.suppress(Exception):
                 line = shell.var_expand(line)
-        _remember(name, line)
+        _remember(memo, name, line)
 
 
-def _remember(name: str, line: str) -> None:
+def _lines(memo: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(magic, identifying words) -> line, in the order of the latest calls."""
+    lines: dict[tuple[str, str], str] = memo.setdefault("lines", {})
+    return lines
+
+
+def _remember(memo: dict[str, Any], name: str, line: str) -> None:
+    lines = _lines(memo)
     key = (name, " ".join(line.split()[: REPLAYED_MAGICS.get(name, 0)]))
-    _replayed.pop(key, None)  # moves to the end: replayed in the order of the latest calls
-    _replayed[key] = line
+    lines.pop(key, None)  # moves to the end: replayed in the order of the latest calls
+    lines[key] = line
 
 
 def _restore_magic_lines(state: list[tuple[str, str]], ctx: Context) -> None:
     for name, line in state:
-        _remember(name, line)  # so that this kernel's checkpoints carry them on
+        _remember(ctx.memo, name, line)  # so that this kernel's checkpoints carry them on
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 ctx.shell.run_line_magic(name, line)
@@ -90,8 +95,8 @@ def _restore_magic_lines(state: list[tuple[str, str]], ctx: Context) -> None:
 
 MAGIC_LINES = Hook(
     "ipython.magic_lines",
-    fingerprint=lambda ctx: tuple(_replayed.items()),
-    capture=lambda ctx: [(name, line) for (name, _), line in _replayed.items()] or None,
+    fingerprint=lambda ctx: tuple(_lines(ctx.memo).items()),
+    capture=lambda ctx: [(name, line) for (name, _), line in _lines(ctx.memo).items()] or None,
     restore=_restore_magic_lines,
     plain=True,
     order=230,  # after extensions: %autoreload needs %load_ext autoreload

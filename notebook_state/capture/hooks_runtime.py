@@ -154,10 +154,19 @@ SYS_PATH = Hook(
 # -- modules -------------------------------------------------------------------------------------------------
 
 _library_roots: tuple[str, ...] | None = None
-_own_files: dict[str, str] = {}  # notebook module name -> its file, for the fingerprint
-# notebook module name -> (file, its mtime when read, source): read again only when the file changed, and kept
-# when the file is gone (the notebook deleted it, or this kernel re-created the module from a checkpoint).
-_sources: dict[str, tuple[str, int | None, str]] = {}
+
+
+def _own_files(ctx: Context) -> dict[str, str]:
+    """Notebook module name -> its file, for the fingerprint."""
+    files: dict[str, str] = ctx.memo.setdefault("files", {})
+    return files
+
+
+def _sources(ctx: Context) -> dict[str, tuple[str, int | None, str]]:
+    """Notebook module name -> (file, its mtime when read, source): read again only when the file changed, and
+    kept when the file is gone (the notebook deleted it, or this kernel re-created the module from a copy)."""
+    sources: dict[str, tuple[str, int | None, str]] = ctx.memo.setdefault("sources", {})
+    return sources
 
 
 def _libraries() -> tuple[str, ...]:
@@ -177,7 +186,7 @@ def _is_notebook_file(origin: str) -> bool:
 
 def _modules_fingerprint(ctx: Context) -> Any:
     mtimes: list[int | None] = []
-    for path in list(_own_files.values())[:20]:  # edited notebook modules (autoreload) are captured again
+    for path in list(_own_files(ctx).values())[:20]:  # edited notebook modules (autoreload) are captured again
         try:
             mtimes.append(os.stat(path).st_mtime_ns)
         except OSError:
@@ -189,7 +198,8 @@ def _capture_modules(ctx: Context) -> dict[str, Any] | None:
     base: frozenset[str] = ctx.baseline or frozenset()
     names: list[str] = []
     sources: dict[str, tuple[str, str]] = {}
-    _own_files.clear()
+    own = _own_files(ctx)
+    own.clear()
     for name, module in list(sys.modules.items()):
         if name in base or name == "__main__":
             continue
@@ -199,13 +209,14 @@ def _capture_modules(ctx: Context) -> dict[str, Any] | None:
         names.append(name)
         origin = spec.origin
         if isinstance(origin, str) and spec.has_location and _is_notebook_file(origin):
-            _own_files[name] = origin
+            own[name] = origin
             if not spec.submodule_search_locations:  # a package is more than one file: not kept
                 source = _source(name, origin, ctx)
                 if source is not None:
                     sources[name] = (origin, source)
-    for gone in _sources.keys() - _own_files.keys():
-        del _sources[gone]
+    kept = _sources(ctx)
+    for gone in kept.keys() - own.keys():
+        del kept[gone]
     return {"modules": sorted(names), "sources": sources} if names else None
 
 
@@ -214,7 +225,7 @@ def _source(name: str, origin: str, ctx: Context) -> str | None:
         mtime: int | None = os.stat(origin).st_mtime_ns
     except OSError:
         mtime = None
-    cached = _sources.get(name)
+    cached = _sources(ctx).get(name)
     if cached is not None and cached[0] == origin and (mtime is None or cached[1] == mtime):
         return cached[2]
     try:
@@ -226,7 +237,7 @@ def _source(name: str, origin: str, ctx: Context) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         ctx.lost(f"the source of notebook module {name} could not be kept: {exc}")
         return None
-    _sources[name] = (origin, mtime, source)
+    _sources(ctx)[name] = (origin, mtime, source)
     return source
 
 
@@ -247,7 +258,7 @@ def _from_source(name: str, origin: str, source: str) -> None:
 def _restore_modules(state: dict[str, Any], ctx: Context) -> None:
     failed: list[str] = []
     sources: dict[str, tuple[str, str]] = state["sources"]
-    _sources.update({name: (origin, None, source) for name, (origin, source) in sources.items()})
+    _sources(ctx).update({name: (origin, None, source) for name, (origin, source) in sources.items()})
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         for name in state["modules"]:  # sorted: a package before its submodules
             if name in sys.modules:

@@ -75,10 +75,19 @@ class ProcessState:
         self.entries: dict[str, dict[str, Entry]] = {}
         self.lost: dict[str, str] = {}
         self.inline: dict[str, dict[str, str]] = {}
+        self.memos: dict[str, dict[str, Any]] = {}
         self._magics: list[tuple[str, str]] = []
 
     def _context(self, hook: Hook, **kw: Any) -> Context:
-        return Context(self.shell, self.shell.user_ns, (self.baselines or {}).get(hook.name), **kw)
+        ctx = Context(self.shell, self.shell.user_ns, (self.baselines or {}).get(hook.name), **kw)
+        ctx.memo = self.memo(hook.name)
+        return ctx
+
+    def memo(self, name: str) -> dict[str, Any]:
+        memo = self.memos.get(name)
+        if memo is None:
+            memo = self.memos[name] = {}
+        return memo
 
     def ensure_baseline(self) -> None:
         """What a fresh kernel looks like, once: before the first cell, or before a restore."""
@@ -105,7 +114,7 @@ class ProcessState:
             from .hooks_ipython import note_magics
 
             magics, self._magics = self._magics, []
-            note_magics(self.shell, magics)
+            note_magics(self.shell, magics, self.memo("ipython.magic_lines"))
 
     # -- checkpoint -------------------------------------------------------------------------------------------
 
@@ -128,6 +137,7 @@ class ProcessState:
             if hook.requires and hook.requires not in modules and name not in self.entries:
                 continue
             shared.baseline = baselines.get(name)
+            shared.memo = self.memo(name)
             try:
                 fp = hook.fingerprint(shared) if hook.fingerprint is not None else _ALWAYS
             except Exception:
