@@ -33,7 +33,7 @@ def _start_jkg(run: Run) -> tuple[Target, Json] | None:
     home = run.workdir / "jkg-home"  # its cwd: nothing of this project in it
     home.mkdir()
     progress(f"starting {jkg.NAME}")
-    target = jkg.start(cfg.jkg_venv, home, run.token)
+    target = jkg.start(cfg.jkg_venv, home, run.token, run.ipython_dir)
     run.stack.callback(target.process.stop)
     return target, info
 

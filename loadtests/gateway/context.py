@@ -38,6 +38,13 @@ class Run:
         self.loop = LoopThread()
         self.stack.callback(self.loop.close)
         self._redis: RedisServer | None = None
+        # Raw and jupyter-kernel-gateway kernels keep IPython's history in memory-backed files, as this
+        # service's sandboxed kernels do (a private tmpfs home): an fsync per cell on a shared disk costs some
+        # machines tens of milliseconds, which would flatter the service beside its baselines.
+        shm = Path("/dev/shm")
+        self.ipython_dir = Path(tempfile.mkdtemp(prefix="skg-bench-ipython-", dir=shm if shm.is_dir() else None))
+        self.stack.callback(shutil.rmtree, self.ipython_dir, ignore_errors=True)
+        result["config"]["baseline_kernels_ipython_dir"] = str(self.ipython_dir)
 
     def close(self) -> None:
         self.stack.close()
@@ -83,7 +90,7 @@ class Run:
     # -- clients -------------------------------------------------------------------------------------------------
 
     def raw_kernel(self, transport: str) -> RawKernel:
-        raw = RawKernel(transport, self.workdir)
+        raw = RawKernel(transport, self.workdir, {"IPYTHONDIR": str(self.ipython_dir)})
         self.later(raw.stop)
         self.loop.run(raw.start(), timeout=STARTUP_TIMEOUT + 10)
         return raw

@@ -90,8 +90,9 @@ def ensure_venv(venv: Path, cwd: Path) -> Json:
     return info
 
 
-def start(venv: Path, home: Path, token: str) -> Target:
-    """Its WebSocket personality on a free loopback port, with its cwd and Jupyter dirs in ``home``."""
+def start(venv: Path, home: Path, token: str, ipython_dir: Path) -> Target:
+    """Its WebSocket personality on a free loopback port, with its cwd and Jupyter dirs in ``home``; its
+    kernels inherit ``IPYTHONDIR``."""
     port = free_port()
     cmd = [
         str(venv / "bin" / "jupyter"),
@@ -103,6 +104,7 @@ def start(venv: Path, home: Path, token: str) -> Target:
     ]
     env = jkg_env(venv, home)
     env["KG_AUTH_TOKEN"] = token
+    env["IPYTHONDIR"] = str(ipython_dir)
     proc = ManagedProcess.start(NAME, cmd, env, cwd=home)
     target = Target(NAME, proc, f"http://{HOST}:{port}", token)
     try:

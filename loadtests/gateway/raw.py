@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,8 @@ class RawKernel:
     """AsyncKernelManager + AsyncKernelClient over IPC (the service's transport) or TCP (jupyter_client's
     default)."""
 
-    def __init__(self, transport: str, workdir: Path) -> None:
+    def __init__(self, transport: str, workdir: Path, env: dict[str, str]) -> None:
+        self.env = {**os.environ, **env}
         stem = workdir / f"raw-{transport}-{uuid.uuid4().hex[:8]}"
         self.transport = transport
         self.stopped = False
@@ -33,7 +35,7 @@ class RawKernel:
         self.kc: Any = None
 
     async def start(self) -> None:
-        await asyncio.wait_for(self.km.start_kernel(), STARTUP_TIMEOUT)
+        await asyncio.wait_for(self.km.start_kernel(env=self.env), STARTUP_TIMEOUT)
         self.kc = self.km.client()
         self.kc.start_channels(hb=False)
         await self.kc.wait_for_ready(timeout=STARTUP_TIMEOUT)

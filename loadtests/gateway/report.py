@@ -79,6 +79,9 @@ def notes(result: Json) -> list[str]:
         "Replica cold start: always with a Redis the run starts (the Knative case): from exec of a fresh "
         "replica to the first result of a session that an earlier replica evicted to Redis; the replica's warm "
         "pool fills at the same time.",
+        "Raw jupyter_client and jupyter-kernel-gateway kernels get IPYTHONDIR on a tmpfs (config."
+        "baseline_kernels_ipython_dir), as this service's sandboxed kernels have a tmpfs home: IPython's "
+        "history database is then not fsynced to a disk for every cell in any of them.",
     ]
     jkg_ws = result.get("latency_ms", {}).get("jkg_websocket_execute", {}).get("p50")
     if jkg_ws is not None and jkg_ws > 30:
