@@ -26,7 +26,9 @@ class Pair:
 
     client: web.WebSocketResponse
     upstream: aiohttp.ClientWebSocketResponse
-    client_close_code: int | None = None
+    client_close_code: int | None = None  # the code the client closed with (None: cut here)
+    cut: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # both sides closed, code recorded
 
 
 @dataclass
@@ -40,7 +42,7 @@ class RecordingProxy:
 
     @property
     def open_sockets(self) -> int:
-        return sum(1 for pair in self.sockets if not pair.client.closed)
+        return sum(1 for pair in self.sockets if not pair.finished.is_set())
 
     async def start(self) -> str:
         self._session = aiohttp.ClientSession(auto_decompress=False)
@@ -61,11 +63,14 @@ class RecordingProxy:
             await self._session.close()
 
     async def cut(self) -> None:
-        """Close every open WebSocket from the middle (code 1001 to the client), as a proxy timeout would."""
-        for pair in self.sockets:
-            if not pair.client.closed:
+        """Close every open WebSocket from the middle (code 1001 to the client), as a proxy timeout would;
+        return once they are closed. Sockets opened meanwhile (a client reconnecting) are left alone."""
+        for pair in list(self.sockets):
+            if not pair.finished.is_set():
+                pair.cut = True
                 await pair.client.close(code=1001, message=b"proxy timeout")
-            await pair.upstream.close()
+                await pair.upstream.close()
+                await asyncio.wait_for(pair.finished.wait(), 30)
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -103,13 +108,17 @@ class RecordingProxy:
 
         to_gateway = asyncio.create_task(pump(client, upstream))
         to_client = asyncio.create_task(pump(upstream, client))
-        await asyncio.wait({to_gateway, to_client}, return_when=asyncio.FIRST_COMPLETED)
-        pair.client_close_code = client.close_code
-        for task in (to_gateway, to_client):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await task
-        await upstream.close()
-        if not client.closed:
-            await client.close()
+        try:
+            done, _ = await asyncio.wait({to_gateway, to_client}, return_when=asyncio.FIRST_COMPLETED)
+            if to_gateway in done and not pair.cut:  # the client closed it, with this code
+                pair.client_close_code = client.close_code
+            for task in (to_gateway, to_client):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
+            await upstream.close()
+            if not client.closed:
+                await client.close()
+        finally:
+            pair.finished.set()
         return client
