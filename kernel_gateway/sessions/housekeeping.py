@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from notebook_state.store import Renewal, StateStore, StoreUnavailable
 
-from .lease import now
+from .lease import HeldLease, now
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class LeaseKeeper:
     the moment its lease may have lapsed unrenewed (``lapsed``), or when it was lost to another replica."""
 
     sessions: Mapping[str, Session]
+    opening: Mapping[str, HeldLease]  # sessions being opened or restored: renewed, not yet served
     store: StateStore
     replica_id: str
     url: Callable[[], str]
@@ -76,20 +77,26 @@ class LeaseKeeper:
 
     async def renew_all(self) -> None:
         held = self._held()
-        if not held:
+        opening = [(sid, lease) for sid, lease in self.opening.items() if not lease.lost]
+        if not held and not opening:
             return
         sent = now()
         url = self.url()
         renewals = [
             Renewal(s.id, self.replica_id, url, s.lease.fence, s.execution_count) for s in held if s.lease is not None
-        ]
+        ] + [Renewal(sid, self.replica_id, url, lease.fence) for sid, lease in opening]
         try:
             results = await self.store.renew_many(renewals, self.lease_ttl)
         except StoreUnavailable as exc:
-            log.warning("lease renewal failed, the store is unreachable (%d sessions): %s", len(held), exc)
+            log.warning("lease renewal failed, the store is unreachable (%d sessions): %s", len(renewals), exc)
             return
+        for (_, lease), ok in zip(opening, results[len(held) :], strict=True):
+            if ok is True:
+                lease.renewed(sent)
+            elif ok is False:
+                lease.lost = True  # the opener sees it and gives the session up
         flushes = []
-        for session, ok in zip(held, results, strict=True):
+        for session, ok in zip(held, results, strict=False):
             assert session.lease is not None
             if ok is True:
                 session.lease.renewed(sent)

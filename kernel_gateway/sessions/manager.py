@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +37,7 @@ from .errors import (
     InvalidSessionId,
     KernelSpecNotFound,
     LeaseLost,
+    LeaseUncertain,
     OwnedElsewhere,
     SessionExists,
     SessionNotFound,
@@ -117,6 +118,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self._claims: dict[str, _Claim] = {}
+        self._opening: dict[str, HeldLease] = {}  # leases of sessions being opened or restored here
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -129,6 +131,7 @@ class SessionManager:
         loop = asyncio.get_running_loop()
         keeper = LeaseKeeper(
             self.sessions,
+            self._opening,
             self.store,
             self.replica_id,
             lambda: self.url,
@@ -173,8 +176,10 @@ class SessionManager:
         if fence is None:
             raise SessionExists(sid)
         try:
-            session = await self._open(record, HeldLease(fence, self.settings.lease_ttl, sent), allowed)
-            self.sessions[sid] = session
+            lease = HeldLease(fence, self.settings.lease_ttl, sent)
+            with self._opening_lease(sid, lease):
+                session = await self._open(record, lease, allowed)
+            await self._register(session)
         except BaseException:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.delete(sid)
@@ -264,7 +269,34 @@ class SessionManager:
             if lease is None:
                 raise StoreDown(f"session {sid!r}: could not take its lease")
             raise OwnedElsewhere(sid, lease.owner, lease.url, lease.epoch)
-        session = await self._open(record, HeldLease(fence, self.settings.lease_ttl, sent), record.env)
+        held = HeldLease(fence, self.settings.lease_ttl, sent)
+        with self._opening_lease(sid, held):
+            session = await self._restored(record, held)
+        # Visible only once restored: nothing may run on the kernel before its state is back.
+        await self._register(session)
+        return session
+
+    @contextlib.contextmanager
+    def _opening_lease(self, session_id: str, lease: HeldLease) -> Iterator[None]:
+        """The lease keeper renews a lease while its session is being opened (a cold kernel, a big restore)."""
+        self._opening[session_id] = lease
+        try:
+            yield
+        finally:
+            self._opening.pop(session_id, None)
+
+    async def _register(self, session: Session) -> None:
+        """Serve the session here, if its lease survived the opening (else drop it: 503, retry)."""
+        if session.lease is not None and not session.lease.valid():
+            await self.drop(session, release=False)
+            if session.lease.lost:
+                raise LeaseLost(session.id)
+            raise LeaseUncertain(session.id)
+        self.sessions[session.id] = session
+
+    async def _restored(self, record: SessionRecord, lease: HeldLease) -> Session:
+        sid = record.id
+        session = await self._open(record, lease, record.env)
         unsaved = unsaved_cells_notice(record)
         if unsaved is not None:
             log.warning("session %s: %s", sid, unsaved)
@@ -289,8 +321,6 @@ class SessionManager:
                     "session %s restored at execution count %d (%d restored, %d lost) in %.3f s",
                     sid, report.execution_count, len(report.restored), len(report.lost), report.seconds,
                 )  # fmt: skip
-        # Visible only once restored: nothing may run on the kernel before its state is back.
-        self.sessions[sid] = session
         return session
 
     @staticmethod
