@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from aiohttp import web
@@ -66,6 +67,23 @@ def make_spawner(api_url: str, **config: Any) -> KnativeSpawner:
     return spawner
 
 
+VERBS = {"GET": "get", "POST": "create", "PUT": "update", "DELETE": "delete"}
+
+
+def assert_rbac_allows(requests: list[tuple[str, str]]) -> None:
+    """Every call the spawner made is granted by hub/rbac.yaml (validated as Kubernetes objects too)."""
+    docs = list(yaml.safe_load_all((ROOT / "hub" / "rbac.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.31", strict=True)
+    rules = next(d for d in docs if d["kind"] == "Role")["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    for method, path in requests:
+        parts = path.strip("/").split("/")
+        group = "" if parts[0] == "api" else parts[1]
+        resource = parts[parts.index("namespaces") + 2]
+        assert (group, resource, VERBS[method]) in granted, f"hub/rbac.yaml does not allow {method} {path}"
+
+
 async def start_with_progress(spawner: KnativeSpawner) -> tuple[str, list[dict[str, Any]]]:
     future = spawner.start()
     events = [event async for event in spawner.progress()]
@@ -103,6 +121,7 @@ async def test_start_poll_stop(fake: FakeKnativeApi) -> None:
     assert fake.requests
     assert all(path.startswith(f"/apis/serving.knative.dev/v1/namespaces/{NS}/services") for _, path in fake.requests)
     assert {method for method, _ in fake.requests} <= {"GET", "POST", "PUT", "DELETE"}
+    assert_rbac_allows(fake.requests)
 
 
 async def test_route_url_when_configured(fake: FakeKnativeApi) -> None:
@@ -122,6 +141,7 @@ async def test_start_replaces_a_leftover_service(fake: FakeKnativeApi) -> None:
     assert obj["metadata"]["generation"] == 2
     assert obj["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":newer")
     assert ("PUT", f"/apis/serving.knative.dev/v1/namespaces/{NS}/services/{second.service_name}") in fake.requests
+    assert_rbac_allows(fake.requests)
     await second.stop()
 
 
@@ -266,6 +286,7 @@ async def test_home_volume_is_made_once_mounted_and_kept(fake: FakeKnativeApi) -
     await again.delete_forever()
     assert (NS, claim) not in fake.claims
     assert all(p.startswith(("/apis/serving.knative.dev/", "/api/v1/namespaces/")) for _, p in fake.requests)
+    assert_rbac_allows(fake.requests)
 
 
 @pytest.fixture
