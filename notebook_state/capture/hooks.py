@@ -3,10 +3,10 @@
 A variable lives in the user namespace and is checkpointed by the tracker. Everything else a cell can change
 for the cells after it (the random generators, ``sys.path``, the working directory, matplotlib's backend,
 IPython's formatters and magics, a library's global options, ...) lives in the process; a hook says how one
-such piece is captured after a cell and put back into a fresh kernel. The built-in hooks are registered through
-this same registry (``hooks_runtime``, ``hooks_random``, ``hooks_ipython``, ``hooks_history``, ``hooks_libraries``,
-``hooks_matplotlib``); a library or
-a notebook adds its own with :func:`register`, inside the kernel::
+such piece is captured after a cell and put back into a fresh kernel. The built-in hooks (``hooks_runtime``,
+``hooks_modules``, ``hooks_random``, ``hooks_ipython``, ``hooks_display``, ``hooks_history``,
+``hooks_libraries``, ``hooks_matplotlib``) are registered through this same registry when the capture is
+installed; a library or a notebook adds its own with :func:`register`, inside the kernel::
 
     from notebook_state.capture.hooks import Hook, register
 
@@ -150,13 +150,11 @@ _hooks: dict[str, Hook] = {}
 _builtin: set[str] = set()
 _sorted: list[Hook] | None = None
 _added: tuple[Hook, ...] = ()
-_loaded = False
 
 
 def register(hook: Hook) -> None:
     """Add ``hook``, replacing any hook of the same name (a library imported again registers again)."""
     global _sorted
-    _ensure_builtins()
     _hooks[hook.name] = hook
     _builtin.discard(hook.name)
     _sorted = None
@@ -172,7 +170,6 @@ def unregister(name: str) -> None:
 def registered() -> list[Hook]:
     """Every hook, in restore order (checkpoints use the same order)."""
     global _sorted, _added
-    _ensure_builtins()
     if _sorted is None:
         _sorted = sorted(_hooks.values(), key=lambda h: h.sort_key)
         _added = tuple(h for h in _sorted if h.name not in _builtin)
@@ -185,15 +182,11 @@ def added_hooks() -> tuple[Hook, ...]:
     return _added
 
 
-def _ensure_builtins() -> None:
-    global _loaded, _sorted
-    if _loaded:
-        return
-    _loaded = True
-    from . import hooks_history, hooks_ipython, hooks_libraries, hooks_matplotlib, hooks_random, hooks_runtime
-
-    for module in (hooks_runtime, hooks_random, hooks_ipython, hooks_history, hooks_libraries, hooks_matplotlib):
-        for hook in module.HOOKS:
+def register_builtin(hooks: list[Hook]) -> None:
+    """The built-in hooks (``process_state`` registers them): a hook of the same name registered before stays."""
+    global _sorted
+    for hook in hooks:
+        if hook.name not in _hooks:
             _hooks[hook.name] = hook
             _builtin.add(hook.name)
     _sorted = None

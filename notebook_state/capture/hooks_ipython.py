@@ -1,5 +1,5 @@
 """Built-in hooks for IPython's own state: extensions (``%load_ext``), ``%config``, magics the notebook defined,
-line magics with a lasting effect (replayed), and display formatters registered by libraries or the notebook.
+and line magics with a lasting effect (replayed). Display formatters: ``hooks_display``.
 
 ``%env`` and ``%cd`` need no hook of their own: they change ``os.environ`` and the working directory, which
 ``hooks_runtime`` restores. The matplotlib backend is in ``hooks_libraries``; In/Out in ``hooks_history``.
@@ -16,7 +16,7 @@ from typing import Any
 from .hooks import Context, Hook, Parts, Same
 
 
-def _trait(obj: Any, name: str) -> Any:
+def trait(obj: Any, name: str) -> Any:
     """A traitlets attribute read from the instance's value dict: the descriptor costs a microsecond a read,
     and the formatters' fingerprint reads three dozen of them after every cell."""
     values = getattr(obj, "_trait_values", None)
@@ -107,7 +107,7 @@ MAGIC_LINES = Hook(
 
 
 def _loaded(ctx: Context) -> frozenset[str]:
-    manager = _trait(ctx.shell, "extension_manager")
+    manager = trait(ctx.shell, "extension_manager")
     return frozenset(getattr(manager, "loaded", ()))
 
 
@@ -176,7 +176,7 @@ def _restore_config(state: dict[str, Any], ctx: Context) -> None:
 CONFIG = Hook(
     "ipython.config",
     # %config replaces shell.config with an updated copy (traitlets' update_config): identity is enough.
-    fingerprint=lambda ctx: Same(_trait(ctx.shell, "config")),
+    fingerprint=lambda ctx: Same(trait(ctx.shell, "config")),
     baseline=lambda ctx: _plain(ctx.shell.config),
     capture=_capture_config,
     restore=_restore_config,
@@ -188,7 +188,7 @@ CONFIG = Hook(
 
 
 def _magic_dicts(shell: Any) -> Any:
-    return _trait(_trait(shell, "magics_manager"), "magics")
+    return trait(trait(shell, "magics_manager"), "magics")
 
 
 def _magic_table(shell: Any) -> dict[str, Any]:
@@ -262,93 +262,4 @@ MAGICS = Hook(
 )
 
 
-# -- display formatters ------------------------------------------------------------------------------------
-
-
-def _formatters(shell: Any) -> dict[str, Any]:
-    display = _trait(shell, "display_formatter")
-    found = dict(_trait(display, "formatters"))
-    found["ipython_display"] = _trait(display, "ipython_display_formatter")
-    found["mimebundle"] = _trait(display, "mimebundle_formatter")
-    return found
-
-
-def _type_key(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _formatter_snapshot(shell: Any) -> dict[str, Any]:
-    return {
-        mime: (dict(f.type_printers), dict(f.deferred_printers), bool(f.enabled))
-        for mime, f in _formatters(shell).items()
-    }
-
-
-_formatter_values: tuple[Any, int, list[dict[str, Any]]] = (None, 0, [])
-
-
-def _formatters_fingerprint(ctx: Context) -> tuple[Any, ...]:
-    global _formatter_values
-    display = _trait(ctx.shell, "display_formatter")
-    known, count, values = _formatter_values
-    if known is not display or count != len(_trait(display, "formatters")):
-        values = []
-        for f in _formatters(ctx.shell).values():
-            f.enabled, f.type_printers, f.deferred_printers  # noqa: B018  # traitlets fills defaults on first read
-            values.append(f._trait_values)
-        _formatter_values = (display, len(_trait(display, "formatters")), values)
-    out: list[Any] = []
-    for tv in values:
-        out += (tv["enabled"], *tv["type_printers"].values(), None, *tv["deferred_printers"].values(), None)
-    return tuple(out)
-
-
-def _capture_formatters(ctx: Context) -> Parts | None:
-    base: dict[str, Any] = ctx.baseline or {}
-    parts = Parts()
-    for mime, f in _formatters(ctx.shell).items():
-        types, names, enabled = base.get(mime, ({}, {}, f.enabled))
-        for cls, func in f.type_printers.items():
-            # IPython moves a deferred printer into type_printers the first time its type is shown.
-            if types.get(cls) is not func and names.get((cls.__module__, cls.__name__)) is not func:
-                parts[f"{mime}|{_type_key(cls)}"] = ("type", mime, cls, func)
-        for key, func in f.deferred_printers.items():
-            if names.get(key) is not func:
-                parts[f"{mime}|{key[0]}.{key[1]}"] = ("name", mime, key, func)
-        present = {(c.__module__, c.__name__) for c in f.type_printers} | set(f.deferred_printers)
-        for cls in types.keys() - f.type_printers.keys():
-            parts[f"{mime}|-{_type_key(cls)}"] = ("pop", mime, cls, None)
-        for key in names.keys() - present:
-            parts[f"{mime}|-{key[0]}.{key[1]}"] = ("pop", mime, f"{key[0]}.{key[1]}", None)
-        if bool(f.enabled) != enabled:
-            parts[f"{mime}|enabled"] = ("enabled", mime, bool(f.enabled), None)
-    return parts or None
-
-
-def _restore_formatters(state: dict[str, tuple[Any, ...]], ctx: Context) -> None:
-    formatters = _formatters(ctx.shell)
-    for key, (what, mime, target, func) in state.items():
-        f = formatters.get(mime)
-        if f is None:
-            ctx.lost(f"display formatter {key}: no {mime} formatter in this kernel")
-        elif what == "type":
-            f.for_type(target, func)
-        elif what == "name":
-            f.for_type_by_name(target[0], target[1], func)
-        elif what == "pop":
-            with contextlib.suppress(KeyError):
-                f.pop(target)
-        else:
-            f.enabled = target
-
-
-FORMATTERS = Hook(
-    "ipython.formatters",
-    fingerprint=_formatters_fingerprint,
-    baseline=lambda ctx: _formatter_snapshot(ctx.shell),
-    capture=_capture_formatters,
-    restore=_restore_formatters,
-    order=320,  # after matplotlib's backend, which registers its figure formatters itself
-)
-
-HOOKS = [EXTENSIONS, CONFIG, MAGICS, MAGIC_LINES, FORMATTERS]
+HOOKS = [EXTENSIONS, CONFIG, MAGICS, MAGIC_LINES]

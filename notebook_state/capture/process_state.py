@@ -18,39 +18,30 @@ order: ``before_variables`` ones first, the rest after the variables; its report
 
 from __future__ import annotations
 
-import base64
 import os
-import pickle
 import sys
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
-import xxhash
-
-from .hooks import Context, Hook, Parts, registered
-from .serialize import load_blob, load_bytes, serialize, serialize_data, write_blob
+from . import (
+    hooks_display,
+    hooks_history,
+    hooks_ipython,
+    hooks_libraries,
+    hooks_matplotlib,
+    hooks_modules,
+    hooks_random,
+    hooks_runtime,
+)
+from .hooks import Context, Hook, Parts, register_builtin, registered
+from .process_parts import Entry, entry, from_inline, part_gid, to_inline
+from .serialize import load_blob, serialize, serialize_data, write_blob
 
 _ALWAYS = object()
 
-
-@dataclass(frozen=True)
-class Entry:
-    gid: str
-    hash: str
-    size: int
-    serializer: str
-    record: dict[str, Any]  # the manifest entry when not written this time (shared: it is only dumped)
-
-
-def _entry(hook: str, part: str, gid: str, hash: str, size: int, serializer: str) -> Entry:
-    record = {"names": [], "hash": hash, "size": size, "serializer": serializer, "written": False,
-              "process": hook, "part": part}  # fmt: skip
-    return Entry(gid, hash, size, serializer, record)
-
-
-def part_gid(hook: str, part: str) -> str:
-    return "p" + xxhash.xxh64_hexdigest(f"{hook}\0{part}".encode())
+for _module in (hooks_runtime, hooks_modules, hooks_random, hooks_ipython, hooks_display, hooks_history,
+                hooks_libraries, hooks_matplotlib):  # fmt: skip
+    register_builtin(_module.HOOKS)
 
 
 def _error(exc: BaseException) -> str:
@@ -105,16 +96,12 @@ class ProcessState:
     # -- the cell's magics (``%autoreload 2``, ...): seen in the source, remembered once the cell ran ----------
 
     def pre_cell(self, statements: list[Any]) -> None:
-        from .hooks_ipython import magic_calls
-
-        self._magics = magic_calls(statements)
+        self._magics = hooks_ipython.magic_calls(statements)
 
     def post_cell(self) -> None:
         if self._magics:
-            from .hooks_ipython import note_magics
-
             magics, self._magics = self._magics, []
-            note_magics(self.shell, magics, self.memo("ipython.magic_lines"))
+            hooks_ipython.note_magics(self.shell, magics, self.memo("ipython.magic_lines"))
 
     # -- checkpoint -------------------------------------------------------------------------------------------
 
@@ -182,7 +169,7 @@ class ProcessState:
         for part, value in parts.items():
             try:
                 if part in parts.inline:
-                    inline[part] = _inline(value, hook.plain, ns)
+                    inline[part] = to_inline(value, hook.plain, ns)
                     continue
                 ser = serialize_data({"state": value}) if hook.plain else serialize({"state": value}, ns)
             except Exception as exc:
@@ -196,7 +183,7 @@ class ProcessState:
             new[part] = (
                 previous
                 if previous is not None and previous.hash == ser.hash
-                else (_entry(name, part, gid, ser.hash, ser.size, ser.serializer))
+                else (entry(name, part, gid, ser.hash, ser.size, ser.serializer))
             )
         if new:
             self.entries[name] = new
@@ -256,7 +243,7 @@ class ProcessState:
         for part, (where, ref) in states[name].items():
             try:
                 if where == "inline":
-                    values[part] = _from_inline(ref, self.shell.user_ns)
+                    values[part] = from_inline(ref, self.shell.user_ns)
                 else:
                     values[part] = load_blob(os.path.join(in_dir, f"{ref}.bin"), self.shell.user_ns)["state"]
             except FileNotFoundError:
@@ -283,7 +270,7 @@ class ProcessState:
         for gid, group in manifest.get("groups", {}).items():
             if group.get("process") in restored:
                 hook, part = group["process"], group.get("part", "")
-                self.entries.setdefault(hook, {})[part] = _entry(
+                self.entries.setdefault(hook, {})[part] = entry(
                     hook, part, gid, group["hash"], group["size"], group["serializer"]
                 )
 
@@ -296,20 +283,3 @@ def _names(hooks: list[Hook]) -> frozenset[str]:
     if _names_cache[0] is not hooks:
         _names_cache = (hooks, frozenset(h.name for h in hooks))
     return _names_cache[1]
-
-
-def _inline(value: Any, plain: bool, ns: dict[str, Any]) -> str:
-    """An inline part: ``p:`` + base64 of a plain pickle (the C pickler, no blob framing: a few microseconds
-    for the input history's open chunk), or ``b:`` + base64 of a blob."""
-    if plain:
-        return "p:" + base64.b64encode(pickle.dumps(value, protocol=5)).decode("ascii")
-    blob = b"".join(bytes(chunk) for chunk in serialize({"state": value}, ns).chunks())
-    return "b:" + base64.b64encode(blob).decode("ascii")
-
-
-def _from_inline(data: str, ns: dict[str, Any]) -> Any:
-    kind, _, encoded = data.partition(":")
-    raw = base64.b64decode(encoded)
-    if kind == "p":
-        return pickle.loads(raw)
-    return load_bytes(bytearray(raw), ns)["state"]
