@@ -2,8 +2,12 @@
 
 A connection to a stopped backend starts it and is held until the backend is ready (the request waits, as
 Knative's activator buffers it); the backend is stopped once no connection has been open through this front for
-``idle_after`` seconds. This is a stand-in for Knative on one machine, not Knative: it has no queue-proxy, no
-concurrency target and no revision routing. All fronts run on one event loop thread.
+``idle_after`` seconds. A front can also have a ``direct_port``, standing in for the pod's queue-proxy: traffic
+through it counts as activity too, and it listens only while the backend runs (a stopped replica's address
+refuses connections, as a deleted pod's does). Gateway replicas advertise that address, so a request one replica
+forwards to the owner keeps the owner up (as knative/components/forward-via-queue-proxy does on a cluster).
+This is a stand-in for Knative on one machine, not Knative: no concurrency target, no revisions, no pod
+scheduling. All fronts run on one event loop thread.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Activator:
     backend: Backend
     idle_after: float
     port: int = 0
+    direct_port: int = 0
     paused: bool = True  # idle stops are off until the driver says so (phases where idle actions are measured)
     starts: list[float] = field(default_factory=list)  # seconds each on-demand start took
     stops: int = 0
@@ -46,6 +51,7 @@ class Activator:
     last_activity: float = field(default_factory=time.monotonic)
     _lock: asyncio.Lock | None = None
     _server: asyncio.Server | None = None
+    _direct: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
@@ -63,10 +69,15 @@ class Activator:
                 began = time.monotonic()
                 await asyncio.to_thread(self.backend.start)
                 self.starts.append(time.monotonic() - began)
+            if self.direct_port and self._direct is None:
+                self._direct = await asyncio.start_server(self._handle_direct, HOST, self.direct_port)
 
     async def stop_backend(self) -> None:
         assert self._lock is not None
         async with self._lock:
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
             if self.backend.running():
                 await asyncio.to_thread(self.backend.stop)
                 self.stops += 1
@@ -77,11 +88,18 @@ class Activator:
             await self.stop_backend()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._relay(reader, writer, start=True)
+
+    async def _handle_direct(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._relay(reader, writer, start=False)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, start: bool) -> None:
         self.open += 1
         self.last_activity = time.monotonic()
         try:
             try:
-                await self.ensure_started()
+                if start:
+                    await self.ensure_started()
                 b_reader, b_writer = await asyncio.wait_for(
                     asyncio.open_connection(HOST, self.backend.port), _CONNECT_TIMEOUT
                 )
@@ -104,8 +122,9 @@ class Activator:
             self.last_activity = time.monotonic()
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._direct):
+            if server is not None:
+                server.close()
 
 
 class Fronts:
@@ -113,22 +132,22 @@ class Fronts:
 
     def __init__(self) -> None:
         self.activators: list[Activator] = []
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="activators", daemon=True)
         self._thread.start()
-        self._call(self._watch(), timeout=0)
+        self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
 
     def _call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return None if timeout == 0 else future.result(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(0.25)
             await asyncio.gather(*(a.idle_check() for a in self.activators), return_exceptions=True)
 
-    def add(self, name: str, backend: Backend, idle_after: float) -> Activator:
-        activator = Activator(name, backend, idle_after)
+    def add(self, name: str, backend: Backend, idle_after: float, direct_port: int = 0) -> Activator:
+        activator = Activator(name, backend, idle_after, direct_port=direct_port)
         self._call(activator.listen(), 10)
         self.activators.append(activator)
         return activator
@@ -158,6 +177,9 @@ class Fronts:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.stop_all()
+        self._closing = True
+        with contextlib.suppress(Exception):
+            self._watcher.result(5)
         for a in self.activators:
             self._loop.call_soon_threadsafe(a.close)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -37,6 +37,7 @@ class GatewayModel(Model):
         key = secrets.token_hex(32)
         self.fronts = fronts = Fronts()
         for i in range(self.replicas):
+            direct = free_port()
             backend = procs.GatewayReplica(
                 f"replica-{i}",
                 free_port(),
@@ -46,8 +47,9 @@ class GatewayModel(Model):
                 token=self.token,
                 evict_idle_after=self.evict_idle_after,
                 pool_size=self.pool_size,
+                advertise_port=direct,
             )
-            self.replica_fronts.append(fronts.add(f"replica-{i}", backend, self.idle_after))
+            self.replica_fronts.append(fronts.add(f"replica-{i}", backend, self.idle_after, direct_port=direct))
         nginx, self.nginx_url = procs.start_nginx(self.workdir / "nginx", [a.port for a in self.replica_fronts])
         self.procs.append(nginx)
         notebook = procs.JupyterBackend(
@@ -77,7 +79,9 @@ class GatewayModel(Model):
             f"{self.replicas} replicas behind nginx {self.versions['nginx']} round robin (no stickiness); "
             f"one redis-server; idle kernels evicted to Redis after {self.evict_idle_after:g} s; a replica is "
             f"stopped after {self.idle_after:g} s without traffic and started by its next request "
-            "(stand-in for Knative's scale to zero, as in model b).",
+            "(stand-in for Knative's scale to zero, as in model b). A replica forwards to the owner of a session "
+            "through the owner's front (as through its queue-proxy on a cluster), so that traffic keeps the owner "
+            "up; a stopped owner's address refuses, and the session is taken over from Redis.",
         ]
 
     def close(self) -> None:

@@ -48,9 +48,10 @@ def absorb(rows: Sequence[Row], step_at: float, window_end: float, old_users: in
     return {"added_users": added, "served": done, "seconds": seconds, "window_s": round(window_end - step_at, 1)}
 
 
-def throughput(rows: Sequence[Row], t0: float, t1: float, settle: float = 2.0) -> Json:
-    """Cells per second completed ok in [t0 + settle, t1) (the settle skips the switch to zero think time)."""
-    start = t0 + settle
+def throughput(rows: Sequence[Row], t0: float, t1: float) -> Json:
+    """Cells per second completed ok in [t0 + settle, t1), the settle (2 s, at most a third of the window)
+    skipping the switch to zero think time."""
+    start = t0 + min(2.0, (t1 - t0) / 3)
     ok = [r for r in in_window(rows, start, t1, "warm execute") if r.ok]
     span = max(t1 - start, 1e-9)
     return {"cells_per_s": round(len(ok) / span, 2), "cells": len(ok), "seconds": round(span, 1)}
@@ -111,7 +112,8 @@ def run_figures(rows: Sequence[Row], started: float, stages: list[Stage], sample
         out["ramp_latency_ms"] = latency(rows, *w["ramp"])
     if "saturation" in w:
         out["saturation"] = throughput(rows, *w["saturation"])
-        out["saturation_latency_ms"] = latency(rows, w["saturation"][0] + 2.0, w["saturation"][1])
+        t0, t1 = w["saturation"]
+        out["saturation_latency_ms"] = latency(rows, t0 + min(2.0, (t1 - t0) / 3), t1)
     if "trace" in w:
         out["trace_users"] = user_view(rows, *w["trace"])
         out["trace_cost"] = cost(samples, *w["trace"])

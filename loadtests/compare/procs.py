@@ -148,9 +148,11 @@ class GatewayReplica(ProcessBackend):
     token: str = ""
     evict_idle_after: float = 5.0
     pool_size: int = 2
+    advertise_port: int = 0  # where other replicas forward to (its front's direct port); default its own
 
     def command(self) -> tuple[list[str], dict[str, str], str, dict[str, str]]:
         url = f"http://{HOST}:{self.port}"
+        advertise = f"http://{HOST}:{self.advertise_port or self.port}"
         argv = [
             str(BIN / "skg"),
             "serve",
@@ -159,7 +161,7 @@ class GatewayReplica(ProcessBackend):
             "--port",
             str(self.port),
             "--advertise-url",
-            url,
+            advertise,
             "--pool-size",
             str(self.pool_size),
             "--evict-idle-after",
