@@ -1,5 +1,6 @@
 """Where the time goes (``--profile``): py-spy samples the gateway process and the session's kernel while a
-block of warm executes runs on one face, and the run reports the functions the samples land in.
+block of warm executes runs on one face, and the run reports the functions the samples land in: innermost
+frames, and this project's own functions with everything they call.
 
 py-spy reads each process from outside (``--nonblocking``: it never pauses it) and, with ``--gil``, takes only
 samples of the thread that holds the GIL: Python at work, not threads waiting in select (a kernel in a sandbox's
@@ -27,8 +28,10 @@ from .context import Run, progress
 from .processes import Target
 from .sampling import CpuTally, children_cpu_by_pid, own_cpu
 
-RATE = 250  # samples per second
-TOP = 15
+RATE = 1000  # samples per second
+TOP = 20
+OURS = ("(kernel_gateway/", "(notebook_state/")  # frames of this project's code
+ENTRY = ("(kernel_gateway/__main__.py)", "(kernel_gateway/cli.py)", "(kernel_gateway/server.py)")
 _LINE = re.compile(r":\d+\)$")
 
 Block = Callable[[int], int]
@@ -91,7 +94,8 @@ def record(run: Run, target: Target, label: str, block: Block) -> Json:
 
 def summarize(raw: str, cpu_ms_per_execute: float) -> Json:
     """From py-spy's raw output (``frame;frame;... count`` per line): the top functions by self samples (the
-    innermost frame) and by inclusive samples (anywhere on the stack), as shares and estimated ms/execute."""
+    innermost frame), and this project's functions by inclusive samples (anywhere on the stack; the entry
+    point left out), as shares and estimated ms/execute."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -107,7 +111,8 @@ def summarize(raw: str, cpu_ms_per_execute: float) -> Json:
         total += count
         own[code[-1]] += count
         for frame in set(code):
-            inclusive[frame] += count
+            if any(mark in frame for mark in OURS) and not frame.endswith(ENTRY):
+                inclusive[frame] += count
 
     def top(counter: Counter[str]) -> list[Json]:
         return [
@@ -119,7 +124,7 @@ def summarize(raw: str, cpu_ms_per_execute: float) -> Json:
             for f, n in counter.most_common(TOP)
         ]
 
-    return {"samples": total, "self": top(own), "inclusive": top(inclusive)}
+    return {"samples": total, "self": top(own), "inclusive_ours": top(inclusive)}
 
 
 def faces(run: Run, ours: Target, rest: Block, ws: Block) -> Json:

@@ -132,10 +132,37 @@ def throughput(r: Json) -> list[str]:
     return lines
 
 
+def profile(r: Json, top: int = 10) -> list[str]:
+    """Per face, the service's and the session kernel's top functions (py-spy, --profile runs only)."""
+    lines: list[str] = []
+    for face, p in (r.get("profile") or {}).items():
+        cpu = p["cpu_ms_per_execute_while_sampled"]
+        lines += [
+            f"Profile, {face} ({p['executes']} executes; CPU per execute while sampled: service "
+            f"{num(cpu.get('service'))} ms, session kernel {num(cpu.get('session_kernel'))} ms; estimated ms "
+            "per execute = share of py-spy --gil samples x that CPU):",
+            "",
+            row("service: innermost", "ms", "service: our code, inclusive", "ms", "kernel: innermost", "ms",
+                "kernel: our code, inclusive", "ms"),
+            row(*(["---"] * 8)),
+        ]  # fmt: skip
+        columns = [p["service"]["self"], p["service"]["inclusive_ours"], p["session_kernel"]["self"],
+                   p["session_kernel"]["inclusive_ours"]]  # fmt: skip
+        for i in range(top):
+            cells: list[str] = []
+            for column in columns:
+                entry = column[i] if i < len(column) else None
+                cells += [f"`{entry['function']}`", num(entry["ms_per_execute_est"], digits=3)] if entry else ["", ""]
+            lines.append(row(*cells))
+        lines.append("")
+    return lines
+
+
 def render(results: Sequence[Json]) -> str:
     out: list[str] = []
     for r in results:
         out += [f"**{r['config']['store']}**: {configuration(r)}", "", *figures(r), "", *throughput(r), ""]
+        out += profile(r)
     out += ["Issue 9's targets:", "", *targets(results), ""]
     return "\n".join(out)
 
