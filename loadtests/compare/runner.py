@@ -123,11 +123,11 @@ def run_model(model: Model, plan: Plan, out: Path, seed: int) -> Json:
     began_wall, began_cpu = time.monotonic(), time.process_time()
     progress(model, "starting")
     model.idle_after = plan.idle_after
-    model.start()
     sampler = Sampler(model.roots, model.servers, 1.0)
-    sampler.start()
     result: Json = {"key": model.key, "title": model.title}
     try:
+        model.start()
+        sampler.start()
         result["starts"] = measure_starts(model, plan)
         stages = plan.timeline()
         progress(model, f"locust timeline ({stages[-1].end:.0f} s: ramp, steady, burst, saturation, daily trace)")
