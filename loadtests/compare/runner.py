@@ -89,7 +89,7 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
         marker = f"{name}-{uuid.uuid4().hex[:8]}"
         return name, asyncio.run(hold_state(model.user_api(name), marker)), marker
 
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(4) as pool:
         for level in plan.idle_levels:
             progress(model, f"{level} idle users")
             held += list(pool.map(add, range(len(held), level)))
