@@ -341,6 +341,18 @@ def test_in_out_and_underscore_names(nb: Notebook) -> None:
     assert "Out[2]" in report["process"]["lost"]["history.out"]
 
 
+def test_a_long_history_is_a_few_parts_and_comes_back_whole(nb: Notebook) -> None:
+    written: list[int] = []
+    for i in range(150):
+        nb.run(f"v{i % 3} = {i}\n{i} * 2" if i % 5 else f"w = {i}")  # 4 cells in 5 have an output
+        manifest = nb.checkpoint()  # as the service does after every cell
+        written.append(sum(process_groups(manifest).values()))
+    parts = [k for k in process_groups(manifest) if k.startswith("history.")]
+    assert len(parts) <= 16, parts  # a log of chunks, not one per 16 cells
+    assert max(written) <= 4  # a cell writes its own chunk and, now and then, a merge
+    nb.compare("RESULT = [len(In), In[77], Out[77], _, __, len(Out), sum(Out.values())]")
+
+
 def test_only_what_changed_is_written(nb: Notebook) -> None:
     nb.run("import sys\nx = 1")
     nb.checkpoint()

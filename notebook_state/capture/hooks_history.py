@@ -1,49 +1,81 @@
 """Built-in hooks for the cell history: ``In`` (with ``_i``, ``_ii``, ``_iii``, ``_i<n>``) and ``Out`` (with
 ``_``, ``__``, ``___``, ``_<n>``). The execution count itself is in the manifest.
 
-``In`` grows by one cell each time, so it is stored in chunks of ``IN_CHUNK`` cells (fewer once their source
-reaches ``IN_CHUNK_BYTES``): a closed chunk is written once, the open one travels inline in the manifest.
+Both only grow, so each is kept as a log of chunks whose number grows with the logarithm of the history, not
+with its length (the manifest lists every chunk after every cell): the newest entries form an open tail; once
+it holds ``CHUNK`` entries (or ``IN_CHUNK_BYTES`` of source) it closes into a chunk written once, and ``FANOUT``
+chunks of one level merge into one of the next. ``In``'s open tail travels inline in the manifest; ``Out``'s is
+a blob, written only by cells that have an output.
+
 An ``Out`` entry is stored by value when it pickles to at most ``OUT_VALUE_LIMIT`` bytes (a copy: ``Out[n] is
-x`` does not hold for those), else as a reference to the variable that holds the same object, else it is named
-as lost with its size. Entries are stored in chunks of ``OUT_CHUNK``.
+x`` does not hold for those), else as a reference to the variable holding the same object, else it is named as
+lost with its size.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from .hooks import Context, Hook, Parts, Same
 
-IN_CHUNK = 16
+CHUNK = 16
 IN_CHUNK_BYTES = 4096
-OUT_CHUNK = 16
+FANOUT = 4
 OUT_VALUE_LIMIT = 16 * 1024
+
+Chunk = tuple[int, int, int]  # (level, first key, key past the last)
 
 
 def _history(ctx: Context) -> Any:
     return getattr(ctx.shell, "history_manager", None)
 
 
+def _log(ctx: Context, fresh: bool) -> dict[str, Any]:
+    log: dict[str, Any] = ctx.memo.setdefault("log", {})
+    if fresh or "open" not in log:
+        log.clear()
+        log.update(chunks=[], open=0)
+    return log
+
+
+def _advance(log: dict[str, Any], keys: Sequence[int], sizes: Sequence[int], max_size: int) -> set[Chunk]:
+    """Close the open tail (``keys``: the keys at or past it, in order) into chunks as it fills; merge
+    ``FANOUT`` chunks of a level into one of the next. Returns the chunks made now."""
+    chunks: list[Chunk] = log["chunks"]
+    made: set[Chunk] = set()
+    start, weight = 0, 0
+    for i in range(len(keys)):
+        if i > start and (i - start == CHUNK or weight >= max_size):
+            chunks.append((0, keys[start], keys[i - 1] + 1))
+            made.add(chunks[-1])
+            start, weight = i, 0
+            while len(chunks) >= FANOUT and len({c[0] for c in chunks[-FANOUT:]}) == 1:
+                group = chunks[-FANOUT:]
+                del chunks[-FANOUT:]
+                chunks.append((group[0][0] + 1, group[0][1], group[-1][2]))
+                made.difference_update(group)
+                made.add(chunks[-1])
+        weight += sizes[i]
+    if keys:
+        log["open"] = keys[start]
+    return made
+
+
+def _key(prefix: str, chunk: Chunk) -> str:
+    return f"{prefix}{chunk[1]}-{chunk[2]}"
+
+
 # -- In -----------------------------------------------------------------------------------------------------
 
 
-def _chunk_starts(ctx: Context, raw: list[str], fresh: bool) -> tuple[list[int], int]:
-    """Where each chunk of In begins (the same on every kernel: a chunk is closed once it has ``IN_CHUNK``
-    cells or ``IN_CHUNK_BYTES`` of source), found from where the last capture left off; and how many closed
-    chunks that capture stored."""
-    starts: list[int] = ctx.memo.setdefault("starts", [0])
-    if fresh or starts[-1] > len(raw):
-        starts[:] = [0]
-    stored = len(starts) - 1
-    start, size = starts[-1], 0
-    for i in range(start, len(raw)):
-        if i - start == IN_CHUNK or size >= IN_CHUNK_BYTES:
-            start, size = i, 0
-            starts.append(i)
-        size += len(raw[i])
-    return starts, stored
+def _cut_short(ctx: Context, length: int) -> bool:
+    """The log describes more of In than there is: start it again."""
+    log: dict[str, Any] = ctx.memo.get("log") or {}
+    return int(log.get("open", 0)) > length
 
 
 def _capture_inputs(ctx: Context) -> Parts | None:
@@ -51,12 +83,15 @@ def _capture_inputs(ctx: Context) -> Parts | None:
     parsed, raw = hm.input_hist_parsed, hm.input_hist_raw
     if len(parsed) <= 1:
         return None
-    starts, stored = _chunk_starts(ctx, raw, ctx.full or ctx.previous is None)
-    parts = Parts(keep=[f"in{b}" for b in starts[:stored]], inline=["tail"])
-    for b, e in zip(starts[stored:-1], starts[stored + 1 :], strict=True):
-        parts[f"in{b}"] = (b, parsed[b:e], raw[b:e])
-    tail = starts[-1]
-    # The open chunk changes with every cell: in the manifest, no blob of its own.
+    log = _log(ctx, ctx.full or ctx.previous is None or _cut_short(ctx, len(raw)))
+    begin = log["open"]
+    made = _advance(log, range(begin, len(raw)), [len(s) for s in raw[begin:]], IN_CHUNK_BYTES)
+    chunks: list[Chunk] = log["chunks"]
+    parts = Parts(keep=[_key("in", c) for c in chunks if c not in made], inline=["tail"])
+    for _, b, e in made:
+        parts[_key("in", (0, b, e))] = (b, parsed[b:e], raw[b:e])
+    tail = log["open"]
+    # The open tail changes with every cell: in the manifest, no blob of its own.
     parts["tail"] = (tail, parsed[tail:], raw[tail:])
     return parts
 
@@ -96,6 +131,7 @@ INPUTS = Hook(
 
 
 def _record(value: Any, by_id: dict[int, str]) -> tuple[str, Any]:
+    error = ""
     try:
         size = len(cloudpickle.dumps(value, protocol=5))
     except Exception as exc:
@@ -115,43 +151,65 @@ def _records(ctx: Context) -> dict[int, tuple[Any, tuple[str, Any]]]:
     return records
 
 
+def _refs(ctx: Context) -> dict[int, tuple[Any, str]]:
+    """The entries stored as a variable: {n: (the object, the variable)}, checked after every cell."""
+    refs: dict[int, tuple[Any, str]] = ctx.memo.setdefault("refs", {})
+    return refs
+
+
 def _outputs_fingerprint(ctx: Context) -> Any:
     hm, ns = _history(ctx), ctx.ns
-    refs_valid = all(
-        ns.get(rec[1]) is obj for obj, rec in _records(ctx).values() if rec[0] == "variable"
-    )  # a variable an entry points to was rebound: the entry becomes a copy, or is lost
-    return (len(hm.output_hist), refs_valid, Same(getattr(ctx.shell.displayhook, "_", None)))
+    out = hm.output_hist
+    # A variable an entry points to was rebound: the entry becomes a copy, or is lost.
+    refs_valid = all(ns.get(name) is obj for obj, name in _refs(ctx).values())
+    return (len(out), next(reversed(out), None), refs_valid, Same(getattr(ctx.shell.displayhook, "_", None)))
 
 
 def _capture_outputs(ctx: Context) -> Parts | None:
     out: dict[int, Any] = _history(ctx).output_hist
-    records = _records(ctx)
-    if not out:
+    records, refs = _records(ctx), _refs(ctx)
+    fresh = ctx.full or ctx.previous is None
+    if fresh or not out:
         records.clear()
+        refs.clear()
+    if not out:
         return None
+    log = _log(ctx, fresh)
     by_id = {i: name for name, i in ctx.user_ids.items()}
-    ns = ctx.ns
-    chunks: dict[int, dict[int, tuple[str, Any]]] = {}
-    dirty: set[int] = set()
-    for n in list(records):
-        if n not in out:
+    dirty: set[int] = set()  # entries whose record changed
+
+    def look(n: int) -> None:
+        records[n] = (out[n], _record(out[n], by_id))
+        refs.pop(n, None)
+        if records[n][1][0] == "variable":
+            refs[n] = (out[n], records[n][1][1])
+        dirty.add(n)
+
+    for n, (obj, name) in list(refs.items()):  # the variable was rebound: a copy if small enough, else lost
+        if out.get(n) is obj and ctx.ns.get(name) is not obj:
+            look(n)
+    new = list(itertools.takewhile(lambda n: n not in records or records[n][0] is not out[n], reversed(out)))
+    for n in reversed(new):
+        look(n)
+    if len(records) != len(out):  # entries culled by IPython's output cache, or deleted
+        for n in [n for n in records if n not in out]:
             del records[n]
-            dirty.add(n // OUT_CHUNK)
-    for n, value in sorted(out.items()):
-        seen = records.get(n)
-        stale = seen is not None and seen[1][0] == "variable" and ns.get(seen[1][1]) is not value
-        if seen is None or seen[0] is not value or stale:
-            records[n] = (value, _record(value, {} if stale else by_id))
-            dirty.add(n // OUT_CHUNK)
-        chunks.setdefault(n // OUT_CHUNK, {})[n] = records[n][1]
-    if ctx.full or ctx.previous is None:
-        dirty = set(chunks)
-    parts = Parts(
-        {f"out{c}": chunks[c] for c in dirty if c in chunks}, keep=[f"out{c}" for c in chunks], inline=["last"]
-    )
+            refs.pop(n, None)
+            dirty.add(n)
+        for n in [n for n in out if n not in records]:
+            look(n)
+    begin = log["open"]
+    tail = list(itertools.takewhile(lambda n: n >= begin, reversed(out)))[::-1]
+    made = _advance(log, tail, [1] * len(tail), CHUNK + 1)
+    chunks: list[Chunk] = log["chunks"]
+    changed = made | {c for c in chunks if any(c[1] <= n < c[2] for n in dirty)}
+    parts = Parts(keep=[_key("out", c) for c in chunks if c not in changed], inline=["last"])
+    for c in changed:
+        parts[_key("out", c)] = {n: records[n][1] for n in range(c[1], c[2]) if n in records}
+    parts["tail"] = {n: records[n][1] for n in tail if n >= log["open"]}
     hook = ctx.shell.displayhook
-    positions = {id(v): n for n, v in out.items()}
-    parts["last"] = tuple(positions.get(id(getattr(hook, u, None))) for u in ("_", "__", "___"))
+    newest = {id(out[n]): n for n in itertools.islice(reversed(out), 8)}  # _, __, ___ are among them
+    parts["last"] = tuple(newest.get(id(getattr(hook, u, None))) for u in ("_", "__", "___"))
     return parts
 
 
@@ -160,7 +218,7 @@ def _restore_outputs(state: dict[str, Any], ctx: Context) -> None:
     restored: dict[int, Any] = {}
     missing: list[str] = []
     for key, chunk in state.items():
-        if not key.startswith("out"):
+        if key == "last":
             continue
         for n, (kind, value) in chunk.items():
             if kind == "value":
@@ -172,7 +230,7 @@ def _restore_outputs(state: dict[str, Any], ctx: Context) -> None:
     if missing:
         ctx.lost("output history not restored: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
     hm.output_hist.clear()
-    hm.output_hist.update(restored)
+    hm.output_hist.update(sorted(restored.items()))
     hook = shell.displayhook
     unders = [restored.get(n) if n is not None else None for n in state.get("last", (None, None, None))]
     for name, value in zip(("_", "__", "___"), unders, strict=True):

@@ -51,6 +51,15 @@ def _is_notebook_file(origin: str) -> bool:
     return origin.endswith(".py") and not os.path.realpath(origin).startswith(_libraries())
 
 
+def _kind(name: str, module: Any) -> str | None:
+    """None: not importable by name (made at run time, or an alias); its file: a notebook module; else ""."""
+    spec = getattr(module, "__spec__", None)
+    if spec is None or spec.name != name:
+        return None
+    origin = spec.origin
+    return origin if isinstance(origin, str) and spec.has_location and _is_notebook_file(origin) else ""
+
+
 def _modules_fingerprint(ctx: Context) -> Any:
     mtimes: list[int | None] = []
     for path in list(_own_files(ctx).values())[:20]:  # edited notebook modules (autoreload) are captured again
@@ -67,23 +76,29 @@ def _capture_modules(ctx: Context) -> dict[str, Any] | None:
     sources: dict[str, tuple[str, str]] = {}
     own = _own_files(ctx)
     own.clear()
+    # Each module is looked at once (its spec, and a realpath() of its file): {name: (module, what it is)}.
+    seen: dict[str, tuple[Any, str | None]] = ctx.memo.setdefault("seen", {})
     for name, module in list(sys.modules.items()):
         if name in base or name == "__main__":
             continue
-        spec = getattr(module, "__spec__", None)
-        if spec is None or spec.name != name:  # made at run time, or an alias: cannot be imported by name
+        known = seen.get(name)
+        if known is None or known[0] is not module:
+            known = seen[name] = (module, _kind(name, module))
+        kind = known[1]
+        if kind is None:
             continue
         names.append(name)
-        origin = spec.origin
-        if isinstance(origin, str) and spec.has_location and _is_notebook_file(origin):
-            own[name] = origin
-            if not spec.submodule_search_locations:  # a package is more than one file: not kept
-                source = _source(name, origin, ctx)
+        if kind != "":
+            own[name] = kind
+            if not getattr(module.__spec__, "submodule_search_locations", None):  # a package: several files
+                source = _source(name, kind, ctx)
                 if source is not None:
-                    sources[name] = (origin, source)
+                    sources[name] = (kind, source)
     kept = _sources(ctx)
     for gone in kept.keys() - own.keys():
         del kept[gone]
+    for gone in seen.keys() - sys.modules.keys():  # not kept alive by this memo
+        del seen[gone]
     return {"modules": sorted(names), "sources": sources} if names else None
 
 
