@@ -39,8 +39,8 @@ def _matplotlib_fingerprint(ctx: Context) -> Any:
 
 def _capture_matplotlib(ctx: Context) -> dict[str, Any] | None:
     backend, pyplot, inline, gui, interactive = ctx.fingerprint
-    if not pyplot and inline == "unset" and gui is None:
-        return None  # matplotlib imported, but no backend was ever set up
+    if (not pyplot and inline == "unset" and gui is None) or ctx.fingerprint == ctx.baseline:
+        return None  # no backend set up, or as in a fresh kernel (one that imports matplotlib on start)
     return {"backend": backend, "pyplot": pyplot, "inline": inline, "gui": gui, "interactive": interactive}
 
 
@@ -63,6 +63,7 @@ def _restore_matplotlib(state: dict[str, Any], ctx: Context) -> None:
 MATPLOTLIB = Hook(
     "matplotlib.backend",
     fingerprint=_matplotlib_fingerprint,
+    baseline=_matplotlib_fingerprint,
     capture=_capture_matplotlib,
     restore=_restore_matplotlib,
     requires="matplotlib",
