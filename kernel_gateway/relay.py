@@ -49,6 +49,7 @@ async def _open(gw: Gateway, websocket: WebSocket, owner: Owner, v1: bool, tenan
             open_timeout=2 * gw.settings.lease_ttl,
             max_size=None,
             compression=None,
+            close_timeout=1,  # a paused owner does not answer a close handshake: do not wait for it long
         )
     )
     watch = asyncio.ensure_future(owner_lapsed(gw, owner))
@@ -104,7 +105,7 @@ async def relay(gw: Gateway, websocket: WebSocket, owner: Owner, v1: bool, tenan
         return
     await websocket.accept(subprotocol=V1_SUBPROTOCOL if v1 else None)
     reason = "owner replica closed the connection"
-    async with upstream:
+    try:
         down = asyncio.create_task(_downstream(upstream, websocket))
         up = asyncio.create_task(_upstream(websocket, upstream))
         watch = asyncio.create_task(owner_lapsed(gw, owner))
@@ -113,9 +114,12 @@ async def relay(gw: Gateway, websocket: WebSocket, owner: Owner, v1: bool, tenan
             reason = "the session's owner stopped answering; reconnect"
         for task in (down, up, watch):
             task.cancel()
-    with contextlib.suppress(Exception):
-        # The owner went away mid-session: 1012 tells the client to reconnect, which lands on a live replica.
-        await websocket.close(CLOSE_SESSION_MOVED, reason)
+        with contextlib.suppress(Exception):
+            # The client first: 1012 tells it to reconnect, which lands on the session's live owner at once.
+            await websocket.close(CLOSE_SESSION_MOVED, reason)
+    finally:
+        with contextlib.suppress(Exception):
+            await upstream.close()
 
 
 async def _downstream(upstream: ClientConnection, websocket: WebSocket) -> None:

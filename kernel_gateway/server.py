@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket. Accepted connections inherit TCP_NODELAY on Linux, so no reply of a
-    few hundred bytes waits ~40 ms for Nagle's algorithm (asyncio sets it too; this holds under any loop)."""
+    """A bound TCP socket for uvicorn to listen on. Accepted connections inherit TCP_NODELAY on Linux, so no
+    reply of a few hundred bytes waits ~40 ms for Nagle's algorithm (asyncio sets it too, under any loop)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    # Not listening yet: uvicorn listens once the app has started. Until then a connection is refused, not
+    # parked in the backlog, so a replica restarted at the same address does not hold up the replicas that
+    # forward to its predecessor: refused proves the predecessor gone, and they take its sessions over at once.
     sock.setblocking(False)
     return sock
 

@@ -25,6 +25,7 @@ class BlackholeProxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -49,6 +50,10 @@ class BlackholeProxy:
         self._ready.set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         self._writers.add(writer)
         try:
             await self._open.wait()  # a partitioned proxy holds new connections unanswered
@@ -108,15 +113,17 @@ class BlackholeProxy:
         self._call(switch)
 
     def stop(self) -> None:
-        def shutdown() -> None:
+        async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
             for writer in list(self._writers):
                 writer.close()
-            self._open.set()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             self._loop.stop()
 
-        self._loop.call_soon_threadsafe(shutdown)
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(shutdown()))
         self._thread.join(10)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from notebook_state.store import Commit, RedisStore, Renewal, SessionRecord
 from notebook_state.store.redis_store import INLINE_BLOBS
-from tests.fault_rig import INIT, RestCounter, final_state, rest, verdict, wait_until
+from tests.counter_clients import INIT, RestCounter, final_state, rest, verdict, wait_until
 from tests.redis_cluster import LocalCluster, redis_cluster
 from tests.service import start_service
 
