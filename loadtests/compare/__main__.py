@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from loadtests.common import BenchError, cpu_model, git_commit, log, package_version, sigterm_as_exit
+from loadtests.common import cpu_model, git_commit, log, package_version, sigterm_as_exit
 from loadtests.compare.dedicated import DedicatedModel
 from loadtests.compare.gateway import GatewayModel
 from loadtests.compare.model import Model
@@ -132,12 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.monotonic() - began
                 eta = "" if not i else f", about {elapsed / i * (len(keys) - i):.0f} s to go"
                 log("compare", f"model {i + 1}/{len(keys)}: {key} ({elapsed:.0f} s so far{eta})")
-                try:
-                    results["models"][key] = run_model(make_model(key, plan, workroot / key), plan, out, seed)
-                except BenchError as exc:  # the other models still run; the report says this one failed
-                    log("compare", f"{key} failed: {exc}")
+                model = run_model(make_model(key, plan, workroot / key), plan, out, seed)
+                results["models"][key] = model
+                for phase, error in (model.get("errors") or {}).items():  # the other phases and models still ran
                     failed.append(key)
-                    results.setdefault("failed", {})[key] = str(exc)[-2000:]
+                    results.setdefault("failed", {})[f"{key} ({phase})"] = error
                 (out / "results.json").write_text(json.dumps(results, indent=1))
     finally:
         shutil.rmtree(workroot, ignore_errors=True)

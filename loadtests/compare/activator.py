@@ -44,6 +44,7 @@ class Activator:
     idle_after: float
     port: int = 0
     direct_port: int = 0
+    closed: bool = False  # no more starts: the driver is tearing the model down
     paused: bool = True  # idle stops are off until the driver says so (phases where idle actions are measured)
     starts: list[float] = field(default_factory=list)  # seconds each on-demand start took
     stops: int = 0
@@ -65,6 +66,8 @@ class Activator:
     async def ensure_started(self) -> None:
         assert self._lock is not None
         async with self._lock:
+            if self.closed:
+                raise ConnectionAbortedError(f"{self.name} is closed")
             if not self.backend.running():
                 began = time.monotonic()
                 await asyncio.to_thread(self.backend.start)
@@ -175,12 +178,14 @@ class Fronts:
         return sum(1 for a in self.activators if a.backend.running())
 
     def close(self) -> None:
+        """Stop taking connections first, so that nothing in flight starts a backend again; then stop them all."""
+        for a in self.activators:
+            a.closed = True
+            self._loop.call_soon_threadsafe(a.close)
         with contextlib.suppress(Exception):
             self.stop_all()
         self._closing = True
         with contextlib.suppress(Exception):
             self._watcher.result(5)
-        for a in self.activators:
-            self._loop.call_soon_threadsafe(a.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -98,8 +99,10 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
     progress(model, "idle action (cull / scale to zero)")
     model.set_idle_actions(True)
     began = time.monotonic()
-    if not model.wait_servers(0, plan.idle_after * 4 + 60):
-        raise BenchError(f"{model.key}: servers still up {plan.idle_after * 4 + 60:g} s after going idle")
+    # Stopping takes a few seconds a server (more on a busy machine); the culler stops ten at a time.
+    limit = plan.idle_after * 4 + 60 + 4 * model.servers()
+    if not model.wait_servers(0, limit):
+        raise BenchError(f"{model.key}: {model.servers()} servers still up {limit:g} s after going idle")
     out["idle_action_s"] = round(time.monotonic() - began, 1)
     out["after_idle_action"] = memory_now(sampler, plan.memory_reads)
     model.set_idle_actions(False)
@@ -125,22 +128,41 @@ def run_model(model: Model, plan: Plan, out: Path, seed: int) -> Json:
     model.idle_after = plan.idle_after
     sampler = Sampler(model.roots, model.servers, 1.0)
     result: Json = {"key": model.key, "title": model.title}
+    errors: dict[str, str] = {}
+
+    def phase(name: str, run: Callable[[], None]) -> None:
+        """A phase that fails is reported, and the model's other phases still run."""
+        try:
+            run()
+        except Exception as exc:
+            progress(model, f"{name} failed: {type(exc).__name__}: {exc}")
+            errors[name] = f"{type(exc).__name__}: {exc}"[-1500:]
+
     try:
         model.start()
         sampler.start()
-        result["starts"] = measure_starts(model, plan)
         stages = plan.timeline()
-        progress(model, f"locust timeline ({stages[-1].end:.0f} s: ramp, steady, burst, saturation, daily trace)")
-        model.set_idle_actions(True)
-        run = run_locust(model.locust(), stages, out / f"locust_{model.key}", plan, seed)
-        model.set_idle_actions(False)
-        result["load"] = metrics.run_figures(run.rows, run.started, stages, sampler.samples)
-        result["load"]["locust_cpu_s"] = round(run.cpu_s, 1)
-        result["load"]["started"] = run.started
-        result["idle"] = measure_idle(model, plan, sampler)
-        if isinstance(model, GatewayModel) and plan.rest_seconds:
+
+        def starts() -> None:
+            result["starts"] = measure_starts(model, plan)
+
+        def load() -> None:
+            progress(model, f"locust timeline ({stages[-1].end:.0f} s: ramp, steady, burst, saturation, daily trace)")
+            model.set_idle_actions(True)
+            try:
+                run = run_locust(model.locust(), stages, out / f"locust_{model.key}", plan, seed)
+            finally:
+                model.set_idle_actions(False)
+            result["load"] = metrics.run_figures(run.rows, run.started, stages, sampler.samples)
+            result["load"]["locust_cpu_s"] = round(run.cpu_s, 1)
+            result["load"]["started"] = run.started
+
+        def idle() -> None:
+            result["idle"] = measure_idle(model, plan, sampler)
+
+        def rest_sse() -> None:
             progress(model, "REST and SSE users")
-            model.set_idle_actions(False)
+            assert isinstance(model, GatewayModel)
             rest = run_locust(
                 model.rest_locust(), make_steady(3, plan.rest_seconds), out / "locust_gateway_rest", plan, seed
             )
@@ -149,11 +171,21 @@ def run_model(model: Model, plan: Plan, out: Path, seed: int) -> Json:
                 name: metrics.latency(rest.rows, t0, t1, name)
                 for name in ("warm execute", "first output", "stream reply")
             }
+
+        phase("starts", starts)
+        phase("load", load)
+        phase("idle", idle)
+        if isinstance(model, GatewayModel) and plan.rest_seconds:
+            phase("rest_sse", rest_sse)
+    except BenchError as exc:
+        errors["start"] = str(exc)[-1500:]
     finally:
         sampler.stop()
         write_resources(out / f"resources_{model.key}.csv", sampler)
         model.close()
     result.update(notes=model.notes, components=model.components, versions=model.versions)
+    if errors:
+        result["errors"] = errors
     result["run"] = {
         "wall_s": round(time.monotonic() - began_wall, 1),
         "driver_cpu_s": round(time.process_time() - began_cpu, 1),
