@@ -53,6 +53,14 @@ def kernel_environment(
     return env
 
 
+IPYKERNEL_ARGUMENTS = [
+    # IPython's on-disk history costs a kernel ~1 ms of CPU per cell (SQLite writes from a saving thread) and
+    # means nothing here: a session outlives its kernel process, so the file would belong to no one. In, Out,
+    # _ih and %history still work for the life of the kernel, in memory.
+    "--HistoryManager.enabled=False",
+]
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """jupyter_client's manager, launching the kernel's command behind the sandbox's prefix.
 
@@ -66,7 +74,10 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.kernel_uid = kernel_uid
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-        return [*self.launch_prefix, *super().format_kernel_cmd(extra_arguments)]
+        argv = super().format_kernel_cmd(extra_arguments)
+        if any("ipykernel" in part for part in argv):
+            argv += IPYKERNEL_ARGUMENTS
+        return [*self.launch_prefix, *argv]
 
     def write_connection_file(self, **kwargs: Any) -> None:
         super().write_connection_file(**kwargs)
