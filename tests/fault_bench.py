@@ -22,14 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from notebook_state.store import Commit, RedisStore, SessionRecord
-from tests.counter_clients import CELL, HEADERS, INIT, TOKEN, rest
+from tests.counter_clients import CELL, HEADERS, INIT, TOKEN, RestCounter, final_state, rest, verdict, wait_until
 from tests.fault_rig import CASES, LEASE_TTL, SIGNING_KEY, run_case, running_rig
+from tests.redis_cluster import redis_cluster
 from tests.redis_server import RedisServer, redis_server_binary
 from tests.service import start_service
 
@@ -50,6 +52,7 @@ def describe() -> dict[str, Any]:
         "cpu": cpu,
         "redis": next((v.split("=", 1)[1] for v in version if v.startswith("v=")), "?"),
         "lease_ttl": LEASE_TTL,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -121,6 +124,50 @@ def wait_cost(directory: Path, cells: int) -> dict[str, Any]:
         master.stop()
 
 
+def cluster_failover(directory: Path, rounds: int) -> list[dict[str, Any]]:
+    """A Redis Cluster (3 masters + 3 replicas) loses the master of a session's slot mid-session; it is back
+    (as a replica) once a replica was promoted. The longest wait between acknowledged REST cells, per round."""
+    found = []
+    for round_ in range(rounds):
+        found.append({"round": round_, **one_cluster_failover(directory / f"round{round_}")})
+        print(f"cluster failover: {found[-1]}", file=sys.stderr, flush=True)
+    return found
+
+
+def one_cluster_failover(directory: Path) -> dict[str, Any]:
+    with redis_cluster(directory / "cluster") as cluster, ExitStack() as stack:
+        env = {"SKG_REDIS_URL": cluster.url, "SKG_SIGNING_KEY": SIGNING_KEY}
+        args = ["--pool-size", "1", "--lease-ttl", str(LEASE_TTL), "--redis-wait-replicas", "1"]
+        targets = []
+        for name in ("a", "b"):
+            service = start_service(directory / name, args, token=TOKEN, env=env)
+            stack.callback(service.stop)
+            targets.append(_Url(service.url))
+        session = rest(targets[0], INIT)["session"]
+        client = RestCounter(targets, session)
+        client.start()
+        try:
+            wait_until(lambda: len(client.ledger.acked) >= 3, "cells are acknowledged")
+            key = f"skg:{{{session}}}:meta"
+            master = cluster.master_port_of(key)
+            struck = time.monotonic()
+            cluster.kill(master)
+            wait_until(lambda: cluster.master_port_of(key) != master, "a replica is promoted")
+            promoted = time.monotonic()
+            cluster.restart(master)
+            wait_until(lambda: client.ledger.acks_after(struck) >= 3, "cells are acknowledged again")
+        finally:
+            client.stopping.set()
+            client.join(60)
+        n, log = final_state(targets, session)
+        return {
+            "unavailable_s": round(client.ledger.longest_gap(struck), 3),
+            "promotion_s": round(promoted - struck, 3),
+            "outcomes": dict(client.ledger.outcomes),
+            "problems": verdict(client.ledger, n, log),
+        }
+
+
 class _Url:
     def __init__(self, url: str) -> None:
         self.name, self.url = url, url
@@ -130,12 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="runs of every fault case")
     parser.add_argument("--cells", type=int, default=200, help="cells timed for the WAIT cost")
+    parser.add_argument("--cluster-rounds", type=int, default=3, help="runs of the Redis Cluster failover")
+    parser.add_argument("--only", choices=["wait", "faults", "cluster"], help="run only this part")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"ran_against": describe(), "cases": [], "wait_cost": {}}
     with tempfile.TemporaryDirectory(prefix="skg-faults-") as tmp:
-        result["wait_cost"] = wait_cost(Path(tmp) / "wait", args.cells)
-        for round_ in range(args.rounds):
+        if args.only in (None, "wait"):
+            result["wait_cost"] = wait_cost(Path(tmp) / "wait", args.cells)
+        if args.only in (None, "cluster"):
+            result["cluster_failover"] = cluster_failover(Path(tmp) / "cluster", args.cluster_rounds)
+        for round_ in range(args.rounds if args.only in (None, "faults") else 0):
             with running_rig(Path(tmp) / f"round{round_}") as rig:
                 for name, make in CASES:
                     for via in ("both", "b"):
@@ -148,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in result["cases"]:
         for face, seconds in case["unavailable_s"].items():
             summary.setdefault(f"{case['name']} | via {case['via']} | {face}", []).append(seconds)
+    result["ran_against"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["summary_s"] = {k: {"median": statistics.median(v), "max": max(v)} for k, v in summary.items()}
     text = json.dumps(result, indent=2)
     print(text)
