@@ -367,6 +367,27 @@ def test_only_what_changed_is_written(nb: Notebook) -> None:
     assert all(process_groups(nb.checkpoint(full=True)).values())
 
 
+def test_cells_that_run_no_code_skip_the_fingerprints_only_when_nothing_could_move(nb: Notebook) -> None:
+    nb.run("""
+        import sys
+        class Adder:
+            def __add__(self, other):
+                sys.path.append('/nb/operator')
+                return other
+        adder = Adder()
+        x = 1
+    """)
+    nb.checkpoint()
+    nb.run("x = x + 1")  # runs no code of its own: the history moves, nothing else is looked at
+    assert [k for k, w in process_groups(nb.checkpoint()).items() if w] == []
+    nb.run("y = adder + 1")  # no call in sight, but the operator is the notebook's own code
+    assert process_groups(nb.checkpoint())["sys.path/"]
+    nb.shell.run_cell("sys.path.append('/nb/silent')", silent=True)  # a frontend's silent execute
+    nb.run("z = 1")
+    assert process_groups(nb.checkpoint())["sys.path/"]
+    nb.compare("RESULT = [p for p in sys.path if p.startswith('/nb/')]")
+
+
 def test_a_hook_registered_by_the_notebook_comes_along(nb: Notebook) -> None:
     nb.run("""
         import decimal

@@ -52,6 +52,7 @@ def tracker_of(shell: Any = None) -> Tracker:
     tracker = Tracker(shell)
     if old is not None:
         tracker.process = old.process
+    shell.events.register("pre_execute", tracker.pre_execute)
     shell.events.register("pre_run_cell", tracker.pre_run_cell)
     shell.events.register("post_run_cell", tracker.post_run_cell)
     setattr(shell, _ATTR, tracker)
@@ -59,7 +60,9 @@ def tracker_of(shell: Any = None) -> Tracker:
 
 
 def _unregister(shell: Any, tracker: Tracker) -> None:
-    for event, callback in (("pre_run_cell", tracker.pre_run_cell), ("post_run_cell", tracker.post_run_cell)):
+    callbacks = (("pre_execute", tracker.pre_execute), ("pre_run_cell", tracker.pre_run_cell),
+                 ("post_run_cell", tracker.post_run_cell))  # fmt: skip
+    for event, callback in callbacks:
         with contextlib.suppress(ValueError):
             shell.events.unregister(event, callback)
 

@@ -22,6 +22,13 @@ _DYNAMIC_ATTRS = frozenset(
      "run_code", "safe_execfile", "user_ns", "user_global_ns", "drop_by_id", "__dict__"}
 )  # fmt: skip
 MAX_DEPTH = 8
+# Statements and expressions that run code beyond the operators of the objects they name: calls, imports,
+# iteration (a generator's body), truth tests and comparisons (__bool__, __eq__), with, del, raise, class bodies.
+_RUNS_CODE = (
+    ast.Call, ast.Import, ast.ImportFrom, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.ListComp,
+    ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Delete, ast.Await, ast.Yield, ast.YieldFrom, ast.ClassDef,
+    ast.Raise, ast.Assert, ast.Match, ast.Compare, ast.BoolOp, ast.If, ast.IfExp, ast.Starred, ast.Try,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,10 @@ class CellAnalysis:
     conservative: bool = False
     reason: str = ""
     statements: list[Statement] = field(default_factory=list)
+    # Runs no code of its own: no call, import, loop, comparison, ... (``_RUNS_CODE``); only the operators and
+    # attributes of the objects it names, whose types the caller checks.
+    quiet: bool = False
+    magics: bool = False  # the transformed source runs line magics
 
 
 def _target_names(node: ast.AST) -> set[str]:
@@ -91,10 +102,17 @@ def _reads(node: ast.AST) -> set[str]:
     return loads - _local_names(node)
 
 
-def _all_names(tree: ast.AST) -> tuple[set[str], str]:
+def _all_names(tree: ast.AST) -> tuple[set[str], str, bool]:
     names: set[str] = set()
     dynamic = ""
+    quiet = True
     for n in ast.walk(tree):
+        if quiet and (
+            isinstance(n, _RUNS_CODE)
+            or (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.decorator_list)
+            or (isinstance(n, ast.Assign) and any(isinstance(t, (ast.Tuple, ast.List)) for t in n.targets))
+        ):
+            quiet = False  # decorators are calls; unpacking iterates
         if isinstance(n, ast.Name):
             names.add(n.id)
             if n.id in _DYNAMIC_NAMES:
@@ -115,7 +133,7 @@ def _all_names(tree: ast.AST) -> tuple[set[str], str]:
             bound = n.rest if isinstance(n, ast.MatchMapping) else n.name
             if bound:
                 names.add(bound)
-    return names, dynamic
+    return names, dynamic, quiet
 
 
 def statements_of(source: str, tree: ast.Module | None = None) -> list[Statement]:
@@ -135,8 +153,8 @@ def analyse_cell(source: str) -> CellAnalysis:
         tree = ast.parse(source)
     except (SyntaxError, ValueError) as exc:
         return CellAnalysis(conservative=True, reason=f"does not parse: {exc}")
-    names, dynamic = _all_names(tree)
-    return CellAnalysis(names, bool(dynamic), dynamic, statements_of(source, tree))
+    names, dynamic, quiet = _all_names(tree)
+    return CellAnalysis(names, bool(dynamic), dynamic, statements_of(source, tree), quiet and not dynamic)
 
 
 # -- globals reached through notebook functions -------------------------------------------------------------

@@ -36,6 +36,9 @@ Contract of a hook:
   returned before the notebook's first cell (a fresh kernel's state), ``ctx.fingerprint`` the value just
   taken, ``ctx.previous`` the one of the last capture (None on the first or a full one), ``ctx.memo`` a dict
   the hook keeps from one call to the next (in this kernel: a restore may fill it for the next capture).
+- After a cell that runs no code of its own (no call, import, loop, comparison, ..., and only objects of
+  built-in or library types named: ``x = x + 1``) only hooks with ``each_cell=True`` are fingerprinted: nothing
+  else can have moved.
 - ``restore(state, ctx)`` puts the state back into a fresh kernel, in the order of ``order``: hooks with
   ``before_variables`` run before any variable is loaded (the working directory, ``sys.path``, modules: what
   unpickling needs), the others after variables and replays. Raising, or ``ctx.lost(reason)``, names what did
@@ -140,6 +143,7 @@ class Hook:
     before_variables: bool = False
     order: int = 500
     plain: bool = False  # the state is built-in data or objects importable by name: the C pickler will do
+    each_cell: bool = False  # fingerprinted even after a cell that ran no code of its own (the history)
 
     @property
     def sort_key(self) -> tuple[int, int, str]:

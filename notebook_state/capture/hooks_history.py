@@ -124,6 +124,7 @@ INPUTS = Hook(
     restore=_restore_inputs,
     order=400,
     plain=True,
+    each_cell=True,
 )
 
 
@@ -246,6 +247,7 @@ OUTPUTS = Hook(
     capture=_capture_outputs,
     restore=_restore_outputs,
     order=410,  # after variables (entries that are variables) and replays
+    each_cell=True,
 )
 
 HOOKS = [INPUTS, OUTPUTS]

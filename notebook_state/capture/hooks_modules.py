@@ -47,7 +47,7 @@ def _libraries() -> tuple[str, ...]:
     return _library_roots
 
 
-def _is_notebook_file(origin: str) -> bool:
+def is_notebook_file(origin: str) -> bool:
     return origin.endswith(".py") and not os.path.realpath(origin).startswith(_libraries())
 
 
@@ -57,7 +57,7 @@ def _kind(name: str, module: Any) -> str | None:
     if spec is None or spec.name != name:
         return None
     origin = spec.origin
-    return origin if isinstance(origin, str) and spec.has_location and _is_notebook_file(origin) else ""
+    return origin if isinstance(origin, str) and spec.has_location and is_notebook_file(origin) else ""
 
 
 def _modules_fingerprint(ctx: Context) -> Any:

@@ -70,6 +70,7 @@ RANDOM = Hook(
     restore=lambda state, ctx: random.setstate(state),
     order=950,  # after anything restored that could draw from it
     plain=True,
+    each_cell=True,  # a widget's callback may draw between cells: checked even after a cell that runs nothing
 )
 
 
@@ -137,6 +138,7 @@ NUMPY_RANDOM = Hook(
     requires="numpy.random",
     order=960,
     plain=True,
+    each_cell=True,
 )
 
 HOOKS = [RANDOM, NUMPY_RANDOM]

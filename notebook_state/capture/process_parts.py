@@ -32,16 +32,29 @@ def part_gid(hook: str, part: str) -> str:
     return "p" + xxhash.xxh64_hexdigest(f"{hook}\0{part}".encode())
 
 
-def to_inline(value: Any, plain: bool, ns: dict[str, Any]) -> str:
-    """An inline part: ``p:`` + base64 of a plain pickle (the C pickler, no blob framing: a few microseconds
-    for the input history's open chunk), or ``b:`` + base64 of a blob."""
+def to_inline(value: Any, plain: bool, ns: dict[str, Any]) -> Any:
+    """An inline part: ``{"json": value}`` for JSON data (the manifest is JSON anyway: the input history's open
+    chunk costs nothing to encode), ``p:`` + base64 of a plain pickle, or ``b:`` + base64 of a blob."""
+    if plain and _json(value, 3):
+        return {"json": value}
     if plain:
         return "p:" + base64.b64encode(pickle.dumps(value, protocol=5)).decode("ascii")
     blob = b"".join(bytes(chunk) for chunk in serialize({"state": value}, ns).chunks())
     return "b:" + base64.b64encode(blob).decode("ascii")
 
 
-def from_inline(data: str, ns: dict[str, Any]) -> Any:
+def _json(value: Any, depth: int) -> bool:
+    """Whether ``value`` comes back from JSON as it went in (tuples come back as lists)."""
+    if value is None or type(value) in (str, int, bool):
+        return True
+    if depth and type(value) in (list, tuple):
+        return all(_json(v, depth - 1) for v in value)
+    return False
+
+
+def from_inline(data: Any, ns: dict[str, Any]) -> Any:
+    if isinstance(data, dict):
+        return data["json"]
     kind, _, encoded = data.partition(":")
     raw = base64.b64decode(encoded)
     if kind == "p":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import types
 from typing import Any
 
 from . import (
@@ -33,6 +34,7 @@ from . import (
     hooks_random,
     hooks_runtime,
 )
+from .analysis import CellAnalysis
 from .hooks import Context, Hook, Parts, register_builtin, registered
 from .process_parts import Entry, entry, from_inline, part_gid, to_inline
 from .serialize import load_blob, serialize, serialize_data, write_blob
@@ -65,9 +67,12 @@ class ProcessState:
         self.fingerprints: dict[str, Any] = {}
         self.entries: dict[str, dict[str, Entry]] = {}
         self.lost: dict[str, str] = {}
-        self.inline: dict[str, dict[str, str]] = {}
+        self.inline: dict[str, dict[str, Any]] = {}
         self.memos: dict[str, dict[str, Any]] = {}
         self._magics: list[tuple[str, str]] = []
+        # Code of the notebook's may have run since the last capture; when not (only cells that run no code of
+        # their own did), only each_cell hooks can have moved.
+        self.dirty = True
 
     def _context(self, hook: Hook, **kw: Any) -> Context:
         ctx = Context(self.shell, self.shell.user_ns, (self.baselines or {}).get(hook.name), **kw)
@@ -95,8 +100,11 @@ class ProcessState:
 
     # -- the cell's magics (``%autoreload 2``, ...): seen in the source, remembered once the cell ran ----------
 
-    def pre_cell(self, statements: list[Any]) -> None:
-        self._magics = hooks_ipython.magic_calls(statements)
+    def pre_cell(self, cell: CellAnalysis, ns: dict[str, Any]) -> None:
+        if not (cell.quiet and all(_quiet_value(ns[n]) for n in cell.names if n in ns)):
+            self.dirty = True
+        if cell.conservative and cell.magics:
+            self._magics = hooks_ipython.magic_calls(cell.statements)
 
     def post_cell(self) -> None:
         if self._magics:
@@ -114,6 +122,9 @@ class ProcessState:
         self.ensure_baseline()
         written: set[str] = set()
         hooks = registered()
+        if not self.dirty and not full:
+            hooks = [h for h in hooks if h.each_cell]
+        self.dirty = False
         baselines = self.baselines or {}
         # One context for every fingerprint (they run after each cell: a context each would cost more than most
         # fingerprints); a capture gets its own.
@@ -136,8 +147,8 @@ class ProcessState:
             ctx.previous = None if full or last is _ALWAYS else last
             ctx.fingerprint = None if fp is _ALWAYS else fp
             self._capture_hook(hook, ctx, fp, out_dir, written)
-        if len(self.entries) > len(hooks) or not all(n in _names(hooks) for n in self.entries):
-            names = _names(hooks)
+        if len(self.entries) > len(registered()) or not all(n in _names(registered()) for n in self.entries):
+            names = _names(registered())
             for gone in [n for n in self.entries if n not in names]:
                 del self.entries[gone]
                 self.inline.pop(gone, None)
@@ -164,7 +175,7 @@ class ProcessState:
             self.lost[name] = f"not captured: {_error(exc)}"
             return
         new = {k: old[k] for k in parts.keep if k in old and k not in parts}
-        inline: dict[str, str] = {}
+        inline: dict[str, Any] = {}
         ns = self.shell.user_ns
         for part, value in parts.items():
             try:
@@ -204,7 +215,7 @@ class ProcessState:
     def restore(self, in_dir: str, manifest: dict[str, Any], before_variables: bool, report: dict[str, Any]) -> None:
         """Run the restore of every hook of this phase that the manifest holds state for. Never raises."""
         self.ensure_baseline()
-        states: dict[str, dict[str, tuple[str, str]]] = {}
+        states: dict[str, dict[str, tuple[str, Any]]] = {}
         for gid, group in manifest.get("groups", {}).items():
             if "process" in group:
                 states.setdefault(group["process"], {})[group.get("part", "")] = ("blob", gid)
@@ -230,7 +241,7 @@ class ProcessState:
     def _restore_hook(
         self,
         name: str,
-        states: dict[str, dict[str, tuple[str, str]]],
+        states: dict[str, dict[str, tuple[str, Any]]],
         in_dir: str,
         restored: list[str],
         lost: dict[str, str],
@@ -263,6 +274,7 @@ class ProcessState:
         """After a restore: the restored parts count as stored; every hook is fingerprinted afresh next time
         (its state is compared by content hash, so what came back unchanged is not written again)."""
         self.fingerprints.clear()
+        self.dirty = True
         self.entries = {}
         self.lost = {}
         inline = manifest.get("process", {}).get("inline", {})
@@ -283,3 +295,28 @@ def _names(hooks: list[Hook]) -> frozenset[str]:
     if _names_cache[0] is not hooks:
         _names_cache = (hooks, frozenset(h.name for h in hooks))
     return _names_cache[1]
+
+
+_INERT_TYPES = frozenset(
+    {int, float, complex, bool, str, bytes, bytearray, type(None), list, tuple, dict, set, frozenset, range, slice,
+     type(Ellipsis), types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType}
+)  # fmt: skip
+_library_type: dict[type, bool] = {}
+
+
+def _quiet_value(value: Any) -> bool:
+    """Whether the operators and attributes of ``value`` run library code only, not the notebook's."""
+    t = value if isinstance(value, type) else type(value)
+    if t in _INERT_TYPES:
+        return True
+    verdict = _library_type.get(t)
+    if verdict is None:
+        module = sys.modules.get(getattr(t, "__module__", None) or "")
+        origin = getattr(module, "__file__", None)
+        verdict = (
+            module is not None
+            and module.__name__ != "__main__"
+            and (origin is None or not hooks_modules.is_notebook_file(origin))
+        )
+        _library_type[t] = verdict
+    return verdict

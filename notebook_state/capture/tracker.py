@@ -56,6 +56,7 @@ class Tracker:
         self._cell: list[Any] | None = None
         self._before: dict[str, int] = {}
         self._after: dict[str, int] | None = None
+        self.executions = self._executions_seen = 0  # every execute (silent ones too), and as of the last cell
         # Process state (random generators, sys.path, IPython, libraries) outlives a reset of the variables.
         process = getattr(self, "process", None)
         self.process = process if isinstance(process, ProcessState) else ProcessState(shell)
@@ -87,8 +88,10 @@ class Tracker:
             self._before = self._after if self._after is not None else self._ids()
             source = getattr(info, "transformed_cell", None) or self.shell.transform_cell(info.raw_cell or "")
             cell = analyse_cell(source)
-            if cell.conservative and "run_line_magic" in source:
-                self.process.pre_cell(cell.statements)
+            cell.magics = "run_line_magic" in source
+            # Code run since the last cell (a frontend's silent execute) may have changed anything.
+            cell.quiet = cell.quiet and self.executions == self._executions_seen + 1
+            self.process.pre_cell(cell, self.ns)
             if cell.conservative:
                 self.conservative = True
             else:
@@ -96,12 +99,17 @@ class Tracker:
             self._cell = cell.statements
         except Exception as exc:
             self.conservative = True
+            self.process.dirty = True
             self._cell = None
             self.errors.append(f"pre_run_cell: {_error(exc)}")
+
+    def pre_execute(self) -> None:
+        self.executions += 1
 
     def post_run_cell(self, result: Any) -> None:
         try:
             statements, self._cell = self._cell, None
+            self._executions_seen = self.executions
             self.seq += 1
             self.process.post_cell()
             ns, before = self.ns, self._before
