@@ -7,7 +7,6 @@ Used by tests/test_faults.py (invariants) and tests/fault_bench.py (measured una
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -16,6 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from tests.blackhole import BlackholeProxy
 from tests.counter_clients import (
@@ -35,6 +36,16 @@ from tests.service import Service, start_service
 
 SIGNING_KEY = "0123456789abcdef0123456789abcdef"
 LEASE_TTL = 3.0
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Signal a process and every process it started (kernels, sandboxed ones in sessions of their own
+    included), as a container crash or freeze takes every process in the container."""
+    with suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:  # listed before any dies and is re-parented
+            with suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
 
 
 # -- processes ---------------------------------------------------------------------------------------------
@@ -60,10 +71,8 @@ class Replica:
         self.service = start_service(self.directory, ["--port", str(self.port), *self.args], token=TOKEN, env=env)
 
     def signal_group(self, sig: int) -> None:
-        """Signal the replica with its kernels, as a container crash or freeze takes every process in it."""
         assert self.service is not None
-        with suppress(ProcessLookupError):
-            os.killpg(self.service.proc.pid, sig)
+        signal_tree(self.service.proc.pid, sig)
 
     def kill(self) -> None:
         self.signal_group(signal.SIGKILL)

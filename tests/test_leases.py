@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import websockets
 from websockets.sync.client import connect
 
 from kernel_gateway.peers import PEER_HEADER, REPLICA_HEADER, PeerAuth
+from tests.fault_rig import signal_tree
 from tests.redis_server import RedisServer, free_port, redis_server
 from tests.service import Service, start_service
 
@@ -51,7 +51,7 @@ def two_replicas(tmp_path: Path, redis: RedisServer, *args: str) -> Iterator[tup
 
 def _kill(svc: Service) -> None:
     if svc.proc.poll() is None:
-        os.killpg(svc.proc.pid, signal.SIGKILL)
+        signal_tree(svc.proc.pid, signal.SIGKILL)
         svc.proc.wait(10)
 
 
