@@ -130,6 +130,7 @@ def test_failed_checkpoints_are_errors_and_unsaved_cells_are_named_after_a_crash
             assert reply["status"] == "error", reply
             assert reply["error"]["ename"] == "CheckpointFailed"
             assert "execution count 1" in reply["error"]["evalue"]
+            assert "ZeroDivisionError" in reply["error"]["evalue"]  # what the kernel said went wrong
             assert reply["checkpoint"]["status"] == "failed"
         # The renewals record what ran (cells 2 and 3), though only cell 1 committed.
         client = redis_srv.client()
@@ -190,3 +191,21 @@ def test_a_replica_restarted_in_place_serves_its_predecessors_sessions_at_once(
         assert after["epoch"] > before["epoch"]
     finally:
         _kill(second)
+
+
+def test_shutdown_names_the_sessions_it_could_not_save(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    env = {"SKG_REDIS_URL": redis.url, "SKG_SIGNING_KEY": SIGNING_KEY}
+    svc = start_service(tmp_path / "a", ["--pool-size", "1", "--lease-ttl", "30"], token=TOKEN, env=env)
+    try:
+        sid = ok(svc, "x = 1")["session"]
+        redis.stop()
+        reply = ok(svc, "x = 2", sid)
+        assert reply["checkpoint"]["status"] == "pending"
+        assert svc.stop(signal.SIGTERM) == 0
+        said = "".join(svc.log)
+        assert "could not be saved" in said and sid in said, said[-2000:]
+    finally:
+        _kill(svc)
+        redis.stop()
