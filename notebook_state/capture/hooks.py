@@ -51,27 +51,38 @@ restore; a library's hooks come back when the library is imported again (``sys.m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Context", "Hook", "Parts", "Same", "Version", "register", "registered", "unregister"]
+__all__ = ["Context", "Hook", "Parts", "Same", "Version", "register", "registered", "trait", "unregister"]
 
 EARLY = 100  # hooks ordered below this run before variables are restored
 
 
-@dataclass(slots=True)
 class Context:
-    """What a hook may look at; one per checkpoint or restore."""
+    """What a hook may look at; one per capture or restore of a hook (a plain class: one is made after every
+    cell, and a dataclass's default factories cost more than the fingerprints it serves)."""
 
-    shell: Any
-    ns: dict[str, Any]
-    baseline: Any = None  # this hook's ``baseline(ctx)`` value, taken before the notebook's first cell
-    full: bool = False  # a full checkpoint: return every part, not only the changed ones
-    user_ids: dict[str, int] = field(default_factory=dict)  # {user variable: id(value)} after the cell
-    previous: Any = None  # the fingerprint of this hook's last capture (None: first, or full)
-    fingerprint: Any = None  # the fingerprint just taken, in capture (compare it with ``baseline``)
-    problems: list[str] = field(default_factory=list)
-    memo: dict[str, Any] = field(default_factory=dict)  # this hook's own scratch space, for this kernel
+    __slots__ = ("baseline", "fingerprint", "full", "memo", "ns", "previous", "problems", "shell", "user_ids")
+
+    def __init__(
+        self,
+        shell: Any,
+        ns: dict[str, Any],
+        baseline: Any = None,
+        full: bool = False,
+        user_ids: dict[str, int] | None = None,
+        memo: dict[str, Any] | None = None,
+    ) -> None:
+        self.shell = shell
+        self.ns = ns
+        self.baseline = baseline  # this hook's ``baseline(ctx)`` value, taken before the notebook's first cell
+        self.full = full  # a full checkpoint: return every part, not only the changed ones
+        self.user_ids = user_ids if user_ids is not None else {}  # {user variable: id(value)} after the cell
+        self.previous: Any = None  # the fingerprint of this hook's last capture (None: first, or full)
+        self.fingerprint: Any = None  # the fingerprint just taken, in capture (compare it with ``baseline``)
+        self.problems: list[str] = []
+        self.memo = memo if memo is not None else {}  # this hook's own scratch space, for this kernel
 
     def lost(self, reason: str) -> None:
         """Name something this hook could not capture or restore (shown in the restore report)."""
@@ -94,6 +105,15 @@ class Parts(dict[str, Any]):
         super().__init__(parts or {})
         self.keep = frozenset(keep)
         self.inline = frozenset(inline)
+
+
+def trait(obj: Any, name: str) -> Any:
+    """A traitlets attribute read from the instance's value dict: the descriptor costs about a microsecond a
+    read, and fingerprints read several after every cell."""
+    values = getattr(obj, "_trait_values", None)
+    if isinstance(values, dict) and name in values:
+        return values[name]
+    return getattr(obj, name)
 
 
 class Same:
@@ -154,6 +174,7 @@ _hooks: dict[str, Hook] = {}
 _builtin: set[str] = set()
 _sorted: list[Hook] | None = None
 _added: tuple[Hook, ...] = ()
+_each_cell: list[Hook] = []
 
 
 def register(hook: Hook) -> None:
@@ -173,11 +194,18 @@ def unregister(name: str) -> None:
 
 def registered() -> list[Hook]:
     """Every hook, in restore order (checkpoints use the same order)."""
-    global _sorted, _added
+    global _sorted, _added, _each_cell
     if _sorted is None:
         _sorted = sorted(_hooks.values(), key=lambda h: h.sort_key)
         _added = tuple(h for h in _sorted if h.name not in _builtin)
+        _each_cell = [h for h in _sorted if h.each_cell]
     return _sorted
+
+
+def each_cell_hooks() -> list[Hook]:
+    """The hooks looked at even after a cell that ran no code of its own."""
+    registered()
+    return _each_cell
 
 
 def added_hooks() -> tuple[Hook, ...]:

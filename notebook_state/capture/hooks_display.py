@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from .hooks import Context, Hook, Parts
-from .hooks_ipython import trait
+from .hooks import Context, Hook, Parts, trait
 
 
 def _formatters(shell: Any) -> dict[str, Any]:

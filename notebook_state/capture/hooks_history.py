@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from .hooks import Context, Hook, Parts, Same
+from .hooks import Context, Hook, Parts, Same, trait
 
 CHUNK = 16
 IN_CHUNK_BYTES = 4096
@@ -31,7 +31,17 @@ Chunk = tuple[int, int, int]  # (level, first key, key past the last)
 
 
 def _history(ctx: Context) -> Any:
-    return getattr(ctx.shell, "history_manager", None)
+    return trait(ctx.shell, "history_manager")
+
+
+def _inputs(ctx: Context) -> tuple[list[str], list[str]]:
+    hm = _history(ctx)
+    return trait(hm, "input_hist_parsed"), trait(hm, "input_hist_raw")
+
+
+def _outputs(ctx: Context) -> dict[int, Any]:
+    out: dict[int, Any] = trait(_history(ctx), "output_hist")
+    return out
 
 
 def _log(ctx: Context, fresh: bool) -> dict[str, Any]:
@@ -79,8 +89,7 @@ def _cut_short(ctx: Context, length: int) -> bool:
 
 
 def _capture_inputs(ctx: Context) -> Parts | None:
-    hm = _history(ctx)
-    parsed, raw = hm.input_hist_parsed, hm.input_hist_raw
+    parsed, raw = _inputs(ctx)
     if len(parsed) <= 1:
         return None
     log = _log(ctx, ctx.full or ctx.previous is None or _cut_short(ctx, len(raw)))
@@ -119,7 +128,7 @@ def _restore_inputs(state: dict[str, tuple[int, list[str], list[str]]], ctx: Con
 
 INPUTS = Hook(
     "history.in",
-    fingerprint=lambda ctx: len(_history(ctx).input_hist_parsed),
+    fingerprint=lambda ctx: len(_inputs(ctx)[0]),
     capture=_capture_inputs,
     restore=_restore_inputs,
     order=400,
@@ -159,15 +168,15 @@ def _refs(ctx: Context) -> dict[int, tuple[Any, str]]:
 
 
 def _outputs_fingerprint(ctx: Context) -> Any:
-    hm, ns = _history(ctx), ctx.ns
-    out = hm.output_hist
+    out, ns = _outputs(ctx), ctx.ns
     # A variable an entry points to was rebound: the entry becomes a copy, or is lost.
     refs_valid = all(ns.get(name) is obj for obj, name in _refs(ctx).values())
-    return (len(out), next(reversed(out), None), refs_valid, Same(getattr(ctx.shell.displayhook, "_", None)))
+    under = getattr(trait(ctx.shell, "displayhook"), "_", None)
+    return (len(out), next(reversed(out), None), refs_valid, Same(under))
 
 
 def _capture_outputs(ctx: Context) -> Parts | None:
-    out: dict[int, Any] = _history(ctx).output_hist
+    out = _outputs(ctx)
     records, refs = _records(ctx), _refs(ctx)
     fresh = ctx.full or ctx.previous is None
     if fresh or not out:

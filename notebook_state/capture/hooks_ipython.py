@@ -13,17 +13,7 @@ import io
 from collections.abc import Iterable
 from typing import Any
 
-from .hooks import Context, Hook, Parts, Same
-
-
-def trait(obj: Any, name: str) -> Any:
-    """A traitlets attribute read from the instance's value dict: the descriptor costs a microsecond a read,
-    and the formatters' fingerprint reads three dozen of them after every cell."""
-    values = getattr(obj, "_trait_values", None)
-    if isinstance(values, dict) and name in values:
-        return values[name]
-    return getattr(obj, name)
-
+from .hooks import Context, Hook, Parts, Same, trait
 
 # Line magics whose effect lasts and that are restored by running them again, latest call first kept:
 # {magic: how many leading words identify what it sets} (0: the magic has one setting, a later call replaces

@@ -48,7 +48,7 @@ def _json(value: Any, depth: int) -> bool:
     if value is None or type(value) in (str, int, bool):
         return True
     if depth and type(value) in (list, tuple):
-        return all(_json(v, depth - 1) for v in value)
+        return all(type(v) is str for v in value) or all(_json(v, depth - 1) for v in value)
     return False
 
 

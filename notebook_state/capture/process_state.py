@@ -35,7 +35,7 @@ from . import (
     hooks_runtime,
 )
 from .analysis import CellAnalysis
-from .hooks import Context, Hook, Parts, register_builtin, registered
+from .hooks import Context, Hook, Parts, each_cell_hooks, register_builtin, registered
 from .process_parts import Entry, entry, from_inline, part_gid, to_inline
 from .serialize import load_blob, serialize, serialize_data, write_blob
 
@@ -68,16 +68,17 @@ class ProcessState:
         self.entries: dict[str, dict[str, Entry]] = {}
         self.lost: dict[str, str] = {}
         self.inline: dict[str, dict[str, Any]] = {}
+        self._groups: dict[str, dict[str, Any]] | None = None  # the manifest's process groups, none written
+        self._registry: list[Hook] | None = None
         self.memos: dict[str, dict[str, Any]] = {}
         self._magics: list[tuple[str, str]] = []
         # Code of the notebook's may have run since the last capture; when not (only cells that run no code of
         # their own did), only each_cell hooks can have moved.
         self.dirty = True
 
-    def _context(self, hook: Hook, **kw: Any) -> Context:
-        ctx = Context(self.shell, self.shell.user_ns, (self.baselines or {}).get(hook.name), **kw)
-        ctx.memo = self.memo(hook.name)
-        return ctx
+    def _context(self, hook: Hook, full: bool = False, user_ids: dict[str, int] | None = None) -> Context:
+        baseline = (self.baselines or {}).get(hook.name)
+        return Context(self.shell, self.shell.user_ns, baseline, full, user_ids, self.memo(hook.name))
 
     def memo(self, name: str) -> dict[str, Any]:
         memo = self.memos.get(name)
@@ -121,9 +122,15 @@ class ProcessState:
             return {}, {}
         self.ensure_baseline()
         written: set[str] = set()
-        hooks = registered()
-        if not self.dirty and not full:
-            hooks = [h for h in hooks if h.each_cell]
+        everything = registered()
+        if everything is not self._registry:  # hooks were added or removed: forget the state of gone ones
+            self._registry = everything
+            names = {h.name for h in everything}
+            for gone in [n for n in self.entries.keys() | self.inline.keys() if n not in names]:
+                self.entries.pop(gone, None)
+                self.inline.pop(gone, None)
+                self._groups = None
+        hooks = everything if self.dirty or full else each_cell_hooks()
         self.dirty = False
         baselines = self.baselines or {}
         # One context for every fingerprint (they run after each cell: a context each would cost more than most
@@ -147,16 +154,13 @@ class ProcessState:
             ctx.previous = None if full or last is _ALWAYS else last
             ctx.fingerprint = None if fp is _ALWAYS else fp
             self._capture_hook(hook, ctx, fp, out_dir, written)
-        if len(self.entries) > len(registered()) or not all(n in _names(registered()) for n in self.entries):
-            names = _names(registered())
-            for gone in [n for n in self.entries if n not in names]:
-                del self.entries[gone]
-                self.inline.pop(gone, None)
-        groups = {}
-        for parts in self.entries.values():
-            for e in parts.values():
-                groups[e.gid] = {**e.record, "written": True} if e.gid in written else e.record
-        return groups, {"lost": dict(self.lost), "inline": dict(self.inline)}
+        if self._groups is None:
+            self._groups = {e.gid: e.record for parts in self.entries.values() for e in parts.values()}
+        groups = self._groups
+        if written:
+            groups = {**groups, **{gid: {**groups[gid], "written": True} for gid in written if gid in groups}}
+        # Returned as they are (no copies): the manifest is written out before the next capture changes them.
+        return groups, {"lost": self.lost, "inline": self.inline}
 
     def _capture_hook(self, hook: Hook, ctx: Context, fp: Any, out_dir: str, written: set[str]) -> None:
         name = hook.name
@@ -169,6 +173,7 @@ class ProcessState:
                 state = hook.capture(ctx)
                 parts = state if isinstance(state, Parts) else Parts({} if state is None else {"": state})
         except Exception as exc:
+            self._groups = None
             self.entries.pop(name, None)
             self.inline.pop(name, None)
             self.fingerprints.pop(name, None)
@@ -196,6 +201,8 @@ class ProcessState:
                 if previous is not None and previous.hash == ser.hash
                 else (entry(name, part, gid, ser.hash, ser.size, ser.serializer))
             )
+        if new != old:
+            self._groups = None
         if new:
             self.entries[name] = new
         else:
@@ -275,6 +282,7 @@ class ProcessState:
         (its state is compared by content hash, so what came back unchanged is not written again)."""
         self.fingerprints.clear()
         self.dirty = True
+        self._groups = None
         self.entries = {}
         self.lost = {}
         inline = manifest.get("process", {}).get("inline", {})
@@ -285,16 +293,6 @@ class ProcessState:
                 self.entries.setdefault(hook, {})[part] = entry(
                     hook, part, gid, group["hash"], group["size"], group["serializer"]
                 )
-
-
-_names_cache: tuple[list[Hook] | None, frozenset[str]] = (None, frozenset())
-
-
-def _names(hooks: list[Hook]) -> frozenset[str]:
-    global _names_cache
-    if _names_cache[0] is not hooks:
-        _names_cache = (hooks, frozenset(h.name for h in hooks))
-    return _names_cache[1]
 
 
 _INERT_TYPES = frozenset(
