@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadtests.gateway.tables import render
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("environment", "config", "services", "latency_ms", "cpu_ms_per_execute", "throughput", "memory",
             "new_session", "replica_cold_start", "targets", "notes")  # fmt: skip
@@ -78,3 +80,5 @@ def test_smoke_run_fills_every_section_and_checks_every_target(tmp_path: Path) -
         expected = check["measured"] <= float(limit) if at_most == "<=" else check["measured"] >= float(limit)
         assert check["pass"] is expected, name
     assert targets["all_pass"] is None  # jupyter-kernel-gateway was skipped: not every target was measured
+    tables = render([result])
+    assert "service CPU per execute" in tables and "`replica_cold_start_p50_ms`" in tables

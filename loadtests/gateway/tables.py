@@ -51,10 +51,13 @@ def configuration(r: Json) -> str:
     )
 
 
-def figures(r: Json) -> list[str]:
+Row = tuple[str, str, str, str]
+"""A figure: what, raw jupyter_client, this service, jupyter-kernel-gateway."""
+
+
+def figure_rows(r: Json) -> list[Row]:
     lat, cpu, mem, top = r["latency_ms"], r["cpu_ms_per_execute"], r["memory"], str(r["config"]["sessions"])
     raw_p50 = g(lat, "raw_jupyter_client_ipc", "p50")
-    jkg = g(r, "environment", "jupyter_kernel_gateway")
     tp = r["throughput"]
 
     def over_raw(face: str) -> str:
@@ -73,32 +76,53 @@ def figures(r: Json) -> list[str]:
                                                              "jkg_websocket")}  # fmt: skip
     new = r["new_session"]
     cold = g(r, "replica_cold_start", "exec_to_first_result_ms")
-    lines = [
+    return [
+        ("**service CPU per execute**", "none", faces("service") + redis,
+         num(g(cpu, "jkg_websocket_execute", "service"), " ms")),
+        ("**kernel CPU per execute** (the session's kernel)",
+         num(g(cpu, "raw_jupyter_client_ipc", "session_kernel"), " ms"), faces("session_kernel"),
+         num(g(cpu, "jkg_websocket_execute", "session_kernel"), " ms")),
+        ("warm `1+1`, p50 (over raw)", num(raw_p50, " ms"),
+         f"REST {over_raw('rest_execute')}, WebSocket {over_raw('websocket_execute')}",
+         num(g(lat, "jkg_websocket_execute", "p50"), " ms")),
+        (f"executes/s, {top} sessions", num(eps["raw_jupyter_client"], digits=0),
+         f"WebSocket {num(eps['ours_websocket'], digits=0)}, REST {num(eps['ours_rest'], digits=0)}",
+         num(eps["jkg_websocket"], digits=0)),
+        ("a live idle session adds, PSS", "none",
+         num(g(mem, "serverless_kernel_gateway", "added_pss_mib_per_session"), " MiB", 1),
+         num(g(mem, "jupyter_kernel_gateway", "added_pss_mib_per_session"), " MiB", 1)),
+        (f"{g(mem, 'evicted', 'sessions')} evicted sessions add, PSS in all", "none",
+         num(g(mem, "evicted", "added_pss_mib_in_all"), " MiB", 1), "none"),
+        ("new session, first result, p50",
+         f"first execute on a fresh kernel {num(g(new, 'raw_first_execute_on_fresh_kernel_ms', 'p50'), ' ms', 1)}",
+         f"pool warm {num(g(new, 'pool_warm_ms', 'p50'), ' ms', 1)}; pool empty "
+         f"{num(g(new, 'pool_empty', 'beyond_pool_ms', 'p50'), ' ms', 0)}", DASH),
+        ("replica cold start: exec to first result restored from Redis, p50 / max", "none",
+         f"{num(g(cold, 'p50'), ' ms', 0)} / {num(g(cold, 'max'), ' ms', 0)}", DASH),
+    ]  # fmt: skip
+
+
+def header(r: Json) -> list[str]:
+    jkg = g(r, "environment", "jupyter_kernel_gateway")
+    return [
         row("", "raw jupyter_client", "this service", f"jupyter-kernel-gateway {jkg or '(skipped)'}"),
         row("---", "---", "---", "---"),
-        row("warm `1+1`, p50 (over raw)", num(raw_p50, " ms"),
-            f"REST {over_raw('rest_execute')}, WebSocket {over_raw('websocket_execute')}",
-            num(g(lat, "jkg_websocket_execute", "p50"), " ms")),
-        row("**service CPU per execute**", "none", faces("service") + redis,
-            num(g(cpu, "jkg_websocket_execute", "service"), " ms")),
-        row("**kernel CPU per execute** (the session's kernel)",
-            num(g(cpu, "raw_jupyter_client_ipc", "session_kernel"), " ms"), faces("session_kernel"),
-            num(g(cpu, "jkg_websocket_execute", "session_kernel"), " ms")),
-        row(f"executes/s, {top} sessions", num(eps["raw_jupyter_client"], digits=0),
-            f"WebSocket {num(eps['ours_websocket'], digits=0)}, REST {num(eps['ours_rest'], digits=0)}",
-            num(eps["jkg_websocket"], digits=0)),
-        row("a live idle session adds, PSS", "none",
-            num(g(mem, "serverless_kernel_gateway", "added_pss_mib_per_session"), " MiB", 1),
-            num(g(mem, "jupyter_kernel_gateway", "added_pss_mib_per_session"), " MiB", 1)),
-        row(f"{g(mem, 'evicted', 'sessions')} evicted sessions add, PSS in all", "none",
-            num(g(mem, "evicted", "added_pss_mib_in_all"), " MiB", 1), "none"),
-        row("new session, first result, p50",
-            f"first execute on a fresh kernel {num(g(new, 'raw_first_execute_on_fresh_kernel_ms', 'p50'), ' ms', 1)}",
-            f"pool warm {num(g(new, 'pool_warm_ms', 'p50'), ' ms', 1)}; pool empty "
-            f"{num(g(new, 'pool_empty', 'beyond_pool_ms', 'p50'), ' ms', 0)}", DASH),
-        row("replica cold start: exec to first result restored from Redis, p50 / max", "none",
-            f"{num(g(cold, 'p50'), ' ms', 0)} / {num(g(cold, 'max'), ' ms', 0)}", DASH),
-    ]  # fmt: skip
+    ]
+
+
+def figures(r: Json) -> list[str]:
+    return [*header(r), *(row(*cells) for cells in figure_rows(r))]
+
+
+def combined(results: Sequence[Json]) -> list[str]:
+    """One table for several runs: each figure once per run, its row named by the run's store (raw and
+    jupyter-kernel-gateway are those measured in that same run)."""
+    per_run = [figure_rows(r) for r in results]
+    lines = header(results[0])
+    for i in range(len(per_run[0])):
+        for r, rows in zip(results, per_run, strict=True):
+            what, *cells = rows[i]
+            lines.append(row(f"{what}, {'Redis' if r['config']['store'] == 'redis' else 'embedded-store'} run", *cells))
     return lines
 
 
@@ -163,6 +187,9 @@ def render(results: Sequence[Json]) -> str:
     for r in results:
         out += [f"**{r['config']['store']}**: {configuration(r)}", "", *figures(r), "", *throughput(r), ""]
         out += profile(r)
+    if len(results) > 1:
+        out += ["All runs, row by row (each row's raw and jupyter-kernel-gateway are from the same run):", ""]
+        out += [*combined(results), ""]
     out += ["Issue 9's targets:", "", *targets(results), ""]
     return "\n".join(out)
 
