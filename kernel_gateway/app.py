@@ -12,6 +12,7 @@ from notebook_state.signing import Signer, load_or_create_key
 from notebook_state.store import LocalStore, RedisStore, StateStore
 
 from . import __version__, errors
+from .browsers import BrowserGuard
 from .deps import Gateway
 from .forward import http_client
 from .limits import BodySizeLimit
@@ -19,7 +20,7 @@ from .metrics import Metrics
 from .peers import PeerAuth, ReplicaHeader
 from .routes import channels, execute, jupyter, ops, sessions
 from .sessions.manager import SessionManager
-from .settings import ENV_PREFIX, Settings
+from .settings import ENV_PREFIX, Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_body_size=settings.max_body_size)
     app.add_middleware(ReplicaHeader)
+    if is_loopback(settings.host) and not (settings.token_value or settings.tenants_file):
+        # No token for a web page to lack: Host and Origin tell a page on another site from a local client.
+        hosts = [settings.host, *settings.allowed_hosts]
+        app.add_middleware(BrowserGuard, hosts=hosts, origins=settings.allowed_origins)
     for module in (ops, jupyter, channels, execute, sessions):
         app.include_router(module.router)
     return app

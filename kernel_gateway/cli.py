@@ -18,6 +18,7 @@ from .settings import Settings
 USAGE = f"""skg {__version__}: Serverless Kernel Gateway
 
 usage: skg serve [options]     run the service (skg serve --help lists the options)
+       skg tenants NAME... | -   print a tenants file for tokens derived from $SKG_TENANT_KEY
        skg --version
 """
 
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "serve":
         return serve(rest)
+    if command == "tenants":
+        from .tenants import main as tenants
+
+        return tenants(rest)
     print(f"skg: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

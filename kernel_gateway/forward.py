@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 
 from notebook_state.store import StoreUnavailable
 
+from .auth import caller_of
 from .deps import Gateway
 from .peers import REPLICA_HEADER, peer_claim
 from .placement import Owner, OwnerGone, OwnerMoved
@@ -108,6 +109,7 @@ async def forward_request(gw: Gateway, request: Request, owner: Owner, tenant: s
     Raises OwnerGone when the owner provably is not there any more (refused, or another replica answered),
     OwnerMoved when it says the session moved on, OwnerUnreachable (503) when it does not answer in time.
     """
+    gw.peer_addresses.check(owner.session_id, owner.url)  # the address came from the store: a replica's?
     headers = {k: v for k, v in request.headers.items() if k.lower() in _HOP_HEADERS}
     headers.update(gw.peers.headers(request.method, request.url.path, tenant, to=owner.replica))
     body = await request.body()
@@ -159,16 +161,21 @@ async def forward_request(gw: Gateway, request: Request, owner: Owner, tenant: s
 async def delete_anywhere(gw: Gateway, request: Request, session_id: str) -> Response:
     """Delete a session: through its live owner (which shuts its kernel down), else straight from the store."""
     manager = gw.manager
+    tenant = caller_of(request).tenant
     if session_id not in manager.sessions and not is_forwarded(gw, request):
-        lease = (await manager.record(session_id)).lease
+        lease = (await manager.record(session_id, tenant)).lease
         if lease is not None and lease.held_by_other(manager.replica_id, time.time()):
+            owner = Owner(session_id, lease.owner, lease.url, lease.epoch)
             with contextlib.suppress(OwnerGone, OwnerMoved):
-                return await forward_request(gw, request, Owner(session_id, lease.owner, lease.url, lease.epoch))
-    await manager.delete(session_id)
+                return await forward_request(gw, request, owner, tenant)
+    await manager.delete(session_id, tenant)
     return Response(status_code=204)
 
 
 async def on_owner(gw: Gateway, request: Request, session_id: str, here: Here) -> Response:
     """Run ``here`` on the live session wherever placement finds it; forward to its owner otherwise."""
     claim = peer_claim(gw.peers, request)
-    return await gw.placement.serve(session_id, claim, here, lambda owner: forward_request(gw, request, owner))
+    tenant = caller_of(request).tenant
+    return await gw.placement.serve(
+        session_id, claim, here, lambda owner: forward_request(gw, request, owner, tenant), tenant
+    )

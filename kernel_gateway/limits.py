@@ -8,6 +8,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
 
+WS_MAX_MESSAGE = 64 * 1024 * 1024
+"""The largest WebSocket message a replica takes or relays; a bigger one closes the socket (1009)."""
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_body_size: int) -> None:

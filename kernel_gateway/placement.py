@@ -71,25 +71,26 @@ class Placement:
         self.sessions = sessions
         self.replica_id = replica_id
 
-    async def locate(self, session_id: str, forwarded: bool) -> Location:
+    async def locate(self, session_id: str, forwarded: bool, tenant: str | None = None) -> Location:
         """Here (restored onto this replica if no live replica owns it) or its live owner.
 
         A request another replica already forwarded must not travel again: if this replica is not the owner
         either, the answer is Misdirected (421), never a second hop or a take-over from a live owner.
+        With ``tenant``, another tenant's session does not exist (404), wherever it lives.
         """
         try:
-            return Here(await self.sessions.resolve(session_id))
+            return Here(await self.sessions.resolve(session_id, tenant))
         except OwnedElsewhere as exc:
             if forwarded:
                 raise Misdirected(f"session {session_id!r} is not served here; its owner is {exc.url}") from None
             return Owner.of(exc)
 
-    async def take_over(self, owner: Owner) -> Location:
+    async def take_over(self, owner: Owner, tenant: str | None = None) -> Location:
         """The owner is gone: take the session if its epoch is still the dead owner's, else the new owner."""
         log.warning("session %s: owner %s at %s is gone; taking the session over", owner.session_id, owner.replica,
                     owner.url)  # fmt: skip
         try:
-            return Here(await self.sessions.take_over(owner.session_id, owner.epoch))
+            return Here(await self.sessions.take_over(owner.session_id, owner.epoch, tenant))
         except OwnedElsewhere as exc:
             return Owner.of(exc)
 
@@ -105,11 +106,13 @@ class Placement:
         claim: PeerClaim | None,
         here: Callable[[Session], Awaitable[T]],
         there: Callable[[Owner], Awaitable[T]],
+        tenant: str | None = None,
     ) -> T:
-        """Run ``here`` on the live session, or ``there`` against its live owner, wherever it is now."""
+        """Run ``here`` on the live session, or ``there`` against its live owner, wherever it is now, as
+        ``tenant`` sees it (None: every session)."""
         self.check_addressee(claim)
         forwarded = claim is not None
-        location = await self.locate(session_id, forwarded)
+        location = await self.locate(session_id, forwarded, tenant)
         for _ in range(ATTEMPTS):
             if isinstance(location, Here):
                 return await here(location.session)
@@ -117,8 +120,8 @@ class Placement:
                 return await there(location)
             except OwnerGone as exc:
                 log.warning("session %s: %s", session_id, exc)
-                location = await self.take_over(location)
+                location = await self.take_over(location, tenant)
             except OwnerMoved:
-                location = await self.locate(session_id, forwarded)
+                location = await self.locate(session_id, forwarded, tenant)
         last = location.url if isinstance(location, Owner) else "?"
         raise Misdirected(f"session {session_id!r} kept moving between replicas: last owner {last}")

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from .deps import Gateway
 from .errors import error_body
 from .forward import owner_lapsed, refused
+from .limits import WS_MAX_MESSAGE
 from .peers import REPLICA_HEADER
 from .placement import Owner, OwnerGone, OwnerMoved
 from .responses import JSONResponse
@@ -47,7 +48,7 @@ async def _open(gw: Gateway, websocket: WebSocket, owner: Owner, v1: bool, tenan
             additional_headers=gw.peers.headers("GET", path, tenant, to=owner.replica),
             subprotocols=[V1_SUBPROTOCOL] if v1 else None,  # type: ignore[list-item]
             open_timeout=2 * gw.settings.lease_ttl,
-            max_size=None,
+            max_size=WS_MAX_MESSAGE,  # as the replica itself takes: a bigger frame closes the socket (1009)
             compression=None,
             close_timeout=1,  # a paused owner does not answer a close handshake: do not wait for it long
         )

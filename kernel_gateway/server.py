@@ -12,9 +12,11 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .app import create_app
 from .deps import Gateway
+from .limits import WS_MAX_MESSAGE
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,47 @@ def listening_socket(host: str, port: int) -> socket.socket:
     # forward to its predecessor: refused proves the predecessor gone, and they take its sessions over at once.
     sock.setblocking(False)
     return sock
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, with a limit on the time a request's headers may take to arrive.
+
+    uvicorn times out idle keep-alive connections only after a response; a client that opens connections and
+    trickles headers (slowloris) would otherwise hold them, and a replica's connection slots, for ever.
+    """
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_timeout_protocol(seconds: float) -> type[HeaderTimeoutProtocol]:
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
 
 
 class DrainingServer(uvicorn.Server):
@@ -99,7 +142,10 @@ def serve(settings: Settings) -> None:
         log_config=None,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        ws_max_size=64 * 1024 * 1024,
+        ws_max_size=WS_MAX_MESSAGE,
+        http=header_timeout_protocol(settings.header_timeout),
+        timeout_keep_alive=max(1, int(settings.header_timeout)),
+        limit_concurrency=settings.limit_concurrency or None,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 1,
         proxy_headers=True,
         server_header=False,

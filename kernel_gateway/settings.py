@@ -7,12 +7,15 @@ the ``SKG_`` prefix (``SKG_POOL_SIZE=4``). ``$PORT`` is honoured as Knative sets
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, ByteSize, Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .tenants import Tenants
 
 ENV_PREFIX = "SKG_"
 
@@ -241,11 +244,22 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _tenants_and_peers_usable(self) -> Settings:
+        if self.tenants_file is not None:
+            Tenants(self.tenants_file, "")  # TenantsFileError (a ValueError) names what is wrong
+        if self.peer_url_pattern is not None:
+            try:
+                re.compile(self.peer_url_pattern)
+            except re.error as exc:
+                raise ValueError(f"peer_url_pattern is not a regular expression: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _token_required_off_loopback(self) -> Settings:
-        if not is_loopback(self.host) and not self.token_value:
+        if not is_loopback(self.host) and not self.token_value and self.tenants_file is None:
             raise ValueError(
-                f"refusing to bind {self.host!r} without a token: set --token or {ENV_PREFIX}TOKEN, "
-                "or bind to 127.0.0.1"
+                f"refusing to bind {self.host!r} without a token: set --token or {ENV_PREFIX}TOKEN "
+                "(or --tenants-file), or bind to 127.0.0.1"
             )
         if self.redis_url is not None and self.signing_key is None:
             raise ValueError(

@@ -162,10 +162,11 @@ class SessionDirectory(Protocol[S_co]):
     Generic in the session type so that this module depends on nothing of the service's own.
     """
 
-    async def resolve(self, session_id: str) -> S_co:
-        """The live session here; raises OwnedElsewhere when another replica's lease is live."""
+    async def resolve(self, session_id: str, tenant: str | None = None) -> S_co:
+        """The live session here; raises OwnedElsewhere when another replica's lease is live. With ``tenant``,
+        another tenant's session is not found."""
         ...
 
-    async def take_over(self, session_id: str, epoch: int) -> S_co:
+    async def take_over(self, session_id: str, epoch: int, tenant: str | None = None) -> S_co:
         """Take a session whose owner is provably gone, if its lease epoch is still ``epoch``."""
         ...

@@ -21,7 +21,6 @@ from notebook_state.checkpoint import Checkpointer, run_in_kernel
 from ..types import ManagerSettings
 from .kernel import Kernel
 from .launch import kernel_environment, start_kernel
-from .memory_guard import MEMORY_EXIT
 from .sandbox import Sandbox, SandboxKind, SandboxOptions, UidPool, detect
 
 log = logging.getLogger(__name__)
@@ -57,14 +56,6 @@ def sandbox_options(settings: ManagerSettings) -> SandboxOptions:
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
     )
-
-
-def memory_notice(kernel: Kernel) -> str | None:
-    """What to tell the client when a kernel ended because it went over its memory limit."""
-    if kernel.exit_code != MEMORY_EXIT:
-        return None
-    limit = f" ({kernel.memory_limit // 1024**2} MiB)" if kernel.memory_limit else ""
-    return f"the cell went over the kernel's memory limit{limit}; the session continues on a fresh kernel"
 
 
 class KernelFactory:

@@ -27,6 +27,7 @@ from jupyter_client.session import DELIM
 from notebook_state.errors import StateError
 
 from ..types import Channel, JSONDict, KernelListener, KernelMessage
+from .memory_guard import MEMORY_EXIT
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,16 @@ class Kernel:
             await self.km.cleanup_resources()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def death_notice(self) -> str | None:
+        """Why the process ended, when the service knows more than that it exited: its memory limit."""
+        if self.exit_code != MEMORY_EXIT:
+            return None
+        limit = f" ({self.memory_limit / 1024**2:.0f} MiB)" if self.memory_limit else ""
+        return (
+            f"the cell went over the kernel's memory limit{limit}, so the kernel was stopped; the session "
+            "continues on a fresh kernel with the state of its last checkpoint"
+        )
 
     async def interrupt(self) -> None:
         if self.state is KernelState.READY:

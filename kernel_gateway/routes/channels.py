@@ -11,11 +11,10 @@ import time
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ..auth import is_authorized
+from ..auth import authenticate, remember
 from ..deps import Gateway
 from ..errors import RETRY_AFTER, error_body, status_of
 from ..metrics import Metrics
-from ..peers import peer_claim
 from ..placement import Owner
 from ..relay import relay
 from ..responses import JSONResponse
@@ -47,12 +46,25 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+def message_size(msg: KernelMessage) -> int:
+    """Bytes a message holds while it waits to be sent (a service-made one has no raw parts: a small guess)."""
+    parts = sum(len(p) for p in msg.raw) if msg.raw is not None else 512
+    return parts + sum(len(b) for b in msg.buffers)
+
+
 class ChannelConnection:
-    """Relays one WebSocket to its session; writes go through a bounded queue so a slow client stalls
-    only itself, and is dropped when it falls too far behind."""
+    """Relays one WebSocket to its session; writes go through a queue bounded in messages and in bytes, so a
+    slow client stalls only itself, and is dropped when it falls too far behind."""
 
     def __init__(
-        self, ws: WebSocket, session: Session, v1: bool, queue_size: int, idle_timeout: float, metrics: Metrics
+        self,
+        ws: WebSocket,
+        session: Session,
+        v1: bool,
+        queue_size: int,
+        idle_timeout: float,
+        metrics: Metrics,
+        queue_bytes: int = 64 * 1024**2,
     ) -> None:
         self.ws = ws
         self.session = session
@@ -63,14 +75,20 @@ class ChannelConnection:
         self.idle_timeout = idle_timeout
         self.metrics = metrics
         self.last_traffic = time.monotonic()
-        self._queue: asyncio.Queue[KernelMessage | None] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[KernelMessage, int] | None] = asyncio.Queue(queue_size)
+        self._queued_bytes = 0
+        self._max_bytes = queue_bytes
         self._close: tuple[int, str] = (CLOSE_NORMAL, "")
 
     def deliver(self, msg: KernelMessage) -> None:
         if self.state is not ConnectionState.OPEN:
             return
+        size = message_size(msg)
         try:
-            self._queue.put_nowait(msg)
+            if self._queued_bytes and self._queued_bytes + size > self._max_bytes:
+                raise asyncio.QueueFull  # one message always fits, however big: the frame limit bounds it
+            self._queue.put_nowait((msg, size))
+            self._queued_bytes += size
         except asyncio.QueueFull:
             log.warning("session %s: WebSocket client too slow, closing it", self.session.id)
             self.close_soon(CLOSE_TRY_AGAIN, "client too slow")
@@ -115,6 +133,8 @@ class ChannelConnection:
                 else:
                     msg = decode_json(message.get("text") or "")
             except ProtocolError as exc:
+                # Not a Jupyter message, so nothing to answer it on: dropped (as jupyter_server does), the
+                # connection goes on. A frame past the size limit closes it (1009) before it gets here.
                 log.warning("session %s: dropped a malformed WebSocket message: %s", self.session.id, exc)
                 continue
             self.metrics.ws_messages.labels("in").inc()
@@ -126,17 +146,19 @@ class ChannelConnection:
         while True:
             try:
                 if self.idle_timeout > 0:
-                    msg = await asyncio.wait_for(self._queue.get(), self._idle_left())
+                    item = await asyncio.wait_for(self._queue.get(), self._idle_left())
                 else:
-                    msg = await self._queue.get()
+                    item = await self._queue.get()
             except TimeoutError:
                 if self._idle_left() <= 0:
                     # An open WebSocket pins a Knative pod (knative/serving#10835); let idle tabs go.
                     self._close = (CLOSE_GOING_AWAY, "idle")
                     return
                 continue
-            if msg is None:
+            if item is None:
                 return
+            msg, size = item
+            self._queued_bytes -= size
             self.last_traffic = time.monotonic()
             if self.v1:
                 await ws.send_bytes(encode_v1(msg))
@@ -160,11 +182,12 @@ async def _deny(websocket: WebSocket, status: int, message: str) -> None:
 @router.websocket("/api/kernels/{kernel_id}/channels")
 async def channels(websocket: WebSocket, kernel_id: str) -> None:
     gw: Gateway = websocket.app.state.gateway
-    # A WebSocket another replica relays carries that replica's claim instead of the user's token.
-    claim = peer_claim(gw.peers, websocket)
-    if not is_authorized(websocket, gw.settings) and claim is None:
+    # A WebSocket another replica relays carries that replica's claim (naming the tenant) instead of a token.
+    caller = authenticate(websocket, gw.tenants, gw.peers)
+    if caller is None:
         await _deny(websocket, 401, "a valid token is required")
         return
+    remember(websocket, caller)
     if gw.draining:
         await _deny(websocket, 503, "this replica is shutting down")
         return
@@ -173,7 +196,10 @@ async def channels(websocket: WebSocket, kernel_id: str) -> None:
     async def here(session: Session) -> None:
         await websocket.accept(subprotocol=V1_SUBPROTOCOL if v1 else None)
         settings = gw.settings
-        conn = ChannelConnection(websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics)
+        conn = ChannelConnection(
+            websocket, session, v1, settings.ws_send_queue, settings.ws_idle_timeout, gw.metrics,
+            int(settings.ws_send_queue_bytes),
+        )  # fmt: skip
         if session.restored is not None and session.connections == set():
             # Tell the frontend this kernel came back from a checkpoint, at which execution count, and which
             # cells of an earlier owner were not saved.
@@ -182,10 +208,11 @@ async def channels(websocket: WebSocket, kernel_id: str) -> None:
         await conn.run()
 
     async def there(owner: Owner) -> None:
-        await relay(gw, websocket, owner, v1)
+        gw.peer_addresses.check(owner.session_id, owner.url)  # the address came from the store: a replica's?
+        await relay(gw, websocket, owner, v1, caller.tenant)
 
     try:
-        await gw.placement.serve(kernel_id, claim, here, there)
+        await gw.placement.serve(kernel_id, caller.claim, here, there, caller.tenant)
     except SessionNotFound:
         await _deny(websocket, 404, f"kernel {kernel_id!r} does not exist")
     except StateError as exc:

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from ..auth import caller_of
 from ..deps import Authorized, Gateway, GatewayDep
 from ..forward import on_owner
 from ..models import ExecuteReply, ExecuteRequest
@@ -36,7 +37,9 @@ async def _run(
     gw: Gateway, request: Request, body: ExecuteRequest, here: Callable[[Session], Awaitable[Response]]
 ) -> Response:
     if body.session is None:
-        return await here(await gw.manager.create())
+        caller = caller_of(request)
+        await gw.admit(caller)
+        return await here(await gw.manager.create(tenant=caller.tenant))
     return await on_owner(gw, request, body.session, here)
 
 
@@ -64,6 +67,40 @@ def _event(name: str, data: JSONDict) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+DROPPED_NOTICE = "\n[outputs dropped: the client reads slower than the cell writes; the reply has them all]\n"
+
+
+class EventQueue:
+    """SSE events waiting for the client, bounded in bytes: while the client is that far behind, outputs are
+    dropped (with one notice each time dropping starts). The final reply always goes in: it is bounded by the
+    output cap and holds every output the cell kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._dropping = False
+
+    def output(self, output: JSONDict) -> None:
+        event = _event("output", output)
+        if self.bytes + len(event) > self.limit:
+            if not self._dropping:
+                self._dropping = True
+                self.put(_event("output", {"output_type": "stream", "name": "stderr", "text": DROPPED_NOTICE}))
+            return
+        self._dropping = False
+        self.put(event)
+
+    def put(self, event: bytes | None) -> None:
+        self.bytes += len(event or b"")
+        self._queue.put_nowait(event)
+
+    async def get(self) -> bytes | None:
+        event = await self._queue.get()
+        self.bytes -= len(event or b"")
+        return event
+
+
 @router.post(
     "/execute/stream",
     summary="Run code and stream its outputs as Server-Sent Events",
@@ -76,22 +113,17 @@ async def execute_stream(body: ExecuteRequest, request: Request, gw: GatewayDep)
     started = time.perf_counter()
 
     async def here(session: Session) -> Response:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue = EventQueue(int(gw.settings.stream_queue_bytes))
 
         async def run() -> None:
             try:
-                result = await gw.manager.execute(
-                    session,
-                    body.code,
-                    _timeout(gw, body),
-                    on_output=lambda output: queue.put_nowait(_event("output", output)),
-                )
+                result = await gw.manager.execute(session, body.code, _timeout(gw, body), on_output=queue.output)
                 _record(gw, result, started, "stream")
-                queue.put_nowait(_event("reply", result.to_json()))
+                queue.put(_event("reply", result.to_json()))
             except Exception as exc:  # the stream has started: errors travel as an event
-                queue.put_nowait(_event("error", {"reason": type(exc).__name__, "message": str(exc)}))
+                queue.put(_event("error", {"reason": type(exc).__name__, "message": str(exc)}))
             finally:
-                queue.put_nowait(None)
+                queue.put(None)
 
         task = asyncio.get_running_loop().create_task(run())
 

@@ -11,7 +11,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 from starlette.responses import FileResponse
 
 from .. import __version__
-from ..deps import Authorized, GatewayDep, ManagerDep, SettingsDep
+from ..deps import Authorized, CallerDep, GatewayDep, ManagerDep, SettingsDep
 from ..forward import delete_anywhere, on_owner
 from ..models import CreateKernelRequest, KernelModel
 from ..responses import JSONResponse
@@ -73,26 +73,29 @@ async def kernelspec_resource(name: str, resource: str, manager: ManagerDep) -> 
 
 
 @router.get("/api/kernels", summary="Every kernel (session) in the store", response_model=list[KernelModel])
-async def list_kernels(manager: ManagerDep) -> JSONResponse:
-    records = await manager.records()
+async def list_kernels(manager: ManagerDep, caller: CallerDep) -> JSONResponse:
+    records = await manager.records(caller.tenant)
     return JSONResponse([kernel_model(r, manager.sessions.get(r.id)) for r in records])
 
 
 @router.post("/api/kernels", status_code=201, summary="Start a kernel", response_model=KernelModel)
-async def start_kernel(manager: ManagerDep, body: CreateKernelRequest | None = Body(None)) -> JSONResponse:
+async def start_kernel(
+    gw: GatewayDep, caller: CallerDep, body: CreateKernelRequest | None = Body(None)
+) -> JSONResponse:
     body = body or CreateKernelRequest()
-    session = await manager.create(kernel_name=body.name, env=body.env)
+    await gw.admit(caller)
+    session = await gw.manager.create(kernel_name=body.name, env=body.env, tenant=caller.tenant)
     return JSONResponse(
         kernel_model(None, session), status_code=201, headers={"Location": f"/api/kernels/{session.id}"}
     )
 
 
 @router.get("/api/kernels/{kernel_id}", summary="One kernel", response_model=KernelModel)
-async def get_kernel(kernel_id: str, manager: ManagerDep) -> JSONResponse:
+async def get_kernel(kernel_id: str, manager: ManagerDep, caller: CallerDep) -> JSONResponse:
     session = manager.sessions.get(kernel_id)
-    if session is not None:
+    if session is not None and session.tenant == caller.tenant:
         return JSONResponse(kernel_model(None, session))
-    return JSONResponse(kernel_model(await manager.record(kernel_id), None))
+    return JSONResponse(kernel_model(await manager.record(kernel_id, caller.tenant), None))
 
 
 @router.delete("/api/kernels/{kernel_id}", status_code=204, summary="Shut a kernel down and delete its state")

@@ -34,7 +34,10 @@ async def readyz(gw: GatewayDep) -> JSONResponse:
         store = "ok"
     except (StoreUnavailable, TimeoutError) as exc:
         store = f"unreachable: {exc}"
+    sandbox = await gw.manager.kernels.sandbox()
     checks = {
+        # Reported, not required: a platform without namespaces or root still serves (docs/security.md).
+        "sandbox": sandbox.to_json(),
         "draining": gw.draining,
         "pool_ready": pool.ready_count,
         "pool_size": pool.size,

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Body, Request, Response
 
-from ..deps import Authorized, GatewayDep, ManagerDep
+from ..deps import Authorized, CallerDep, GatewayDep, ManagerDep
 from ..forward import delete_anywhere, on_owner
 from ..models import CreateSessionRequest, SessionInfo
 from ..responses import JSONResponse
@@ -17,16 +17,19 @@ router = APIRouter(tags=["sessions"], dependencies=[Authorized])
 
 
 @router.get("/sessions", response_model=list[SessionInfo], summary="Every session in the store")
-async def list_sessions(manager: ManagerDep) -> JSONResponse:
+async def list_sessions(manager: ManagerDep, caller: CallerDep) -> JSONResponse:
     now = time.time()
-    records = await manager.records()
+    records = await manager.records(caller.tenant)
     return JSONResponse([session_info(r, manager.sessions.get(r.id), now) for r in records])
 
 
 @router.post("/sessions", status_code=201, response_model=SessionInfo, summary="Create a session")
-async def create_session(manager: ManagerDep, body: CreateSessionRequest | None = Body(None)) -> JSONResponse:
+async def create_session(
+    gw: GatewayDep, caller: CallerDep, body: CreateSessionRequest | None = Body(None)
+) -> JSONResponse:
     body = body or CreateSessionRequest()
-    session = await manager.create(session_id=body.id, kernel_name=body.kernel_name)
+    await gw.admit(caller)
+    session = await gw.manager.create(session_id=body.id, kernel_name=body.kernel_name, tenant=caller.tenant)
     record = session.persistence.record if session.persistence else None
     return JSONResponse(
         session_info(record, session, time.time()), status_code=201, headers={"Location": f"/sessions/{session.id}"}
@@ -38,8 +41,8 @@ async def create_session(manager: ManagerDep, body: CreateSessionRequest | None 
     response_model=SessionInfo,
     summary="One session: its state here, its owner, and its last checkpoint (size, age, variables)",
 )
-async def get_session(session_id: str, manager: ManagerDep) -> JSONResponse:
-    record = await manager.record(session_id)
+async def get_session(session_id: str, manager: ManagerDep, caller: CallerDep) -> JSONResponse:
+    record = await manager.record(session_id, caller.tenant)
     return JSONResponse(session_info(record, manager.sessions.get(session_id), time.time()))
 
 

@@ -14,10 +14,13 @@ __all__ = [
     "Misdirected",
     "OwnedElsewhere",
     "OwnerUnreachable",
+    "ReplicaFull",
     "SessionExists",
     "SessionNotFound",
     "StateError",
     "StoreDown",
+    "TenantSessionLimit",
+    "UntrustedOwner",
 ]
 
 
@@ -46,6 +49,24 @@ class KernelSpecNotFound(StateError):
 class Draining(StateError):
     def __init__(self) -> None:
         super().__init__("this replica is shutting down and takes no new work")
+
+
+class ReplicaFull(StateError):
+    """This replica serves --max-sessions sessions already: 503 + Retry-After, so the platform scales out."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this replica serves its limit of {limit} sessions; retry (another replica may take it)")
+
+
+class TenantSessionLimit(StateError):
+    """The tenant has as many sessions as it may have."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this tenant already has its limit of {limit} sessions: delete one first")
+
+
+class UntrustedOwner(StateError):
+    """The owner address the store names is not a replica's (--peer-cidr, --peer-url-pattern): not contacted."""
 
 
 class OwnedElsewhere(StateError):

@@ -39,6 +39,7 @@ from .errors import (
     LeaseLost,
     LeaseUncertain,
     OwnedElsewhere,
+    ReplicaFull,
     SessionExists,
     SessionNotFound,
     StoreDown,
@@ -161,14 +162,18 @@ class SessionManager:
         session_id: str | None = None,
         kernel_name: str | None = None,
         env: Mapping[str, str] | None = None,
+        tenant: str = "",
     ) -> Session:
         if self.draining:
             raise Draining()
+        self._check_room()
         sid = validate_session_id(session_id) if session_id else str(uuid.uuid4())
         name = self.check_kernel_name(kernel_name or self.settings.kernel_name)
         created = time.time()
         allowed = self.kernels.allowed_env(env or {})
-        record = SessionRecord(id=sid, kernel_name=name, created=created, last_activity=created, env=allowed)
+        record = SessionRecord(
+            id=sid, kernel_name=name, created=created, last_activity=created, env=allowed, tenant=tenant
+        )
         if not await self._store(self.store.create(record)):
             raise SessionExists(sid)
         sent = now()
@@ -192,7 +197,7 @@ class SessionManager:
 
         async def acquire() -> Kernel:
             kernel = await self.pool.acquire(name, env)
-            await self.kernels.apply_env(kernel, env)
+            await self.kernels.apply_env(kernel, env, record.tenant)
             return kernel
 
         kernel = await acquire()
@@ -206,30 +211,38 @@ class SessionManager:
         )
         session = Session(record.id, kernel, acquire, persistence, self.settings.ws_replay_bytes, lease=lease)
         session.created = record.created
+        session.tenant = record.tenant
         session.on_lease_lost = self._lease_lost
         return session
 
-    async def resolve(self, session_id: str) -> Session:
+    def _check_room(self) -> None:
+        limit = self.settings.max_sessions
+        if limit > 0 and len(self.sessions) >= limit:
+            raise ReplicaFull(limit)
+
+    async def resolve(self, session_id: str, tenant: str | None = None) -> Session:
         """The live session, here: restored onto this replica if no live replica owns it.
 
         Raises OwnedElsewhere (with the owner's address) when another replica's lease is live and the
-        request may be forwarded there.
+        request may be forwarded there. With ``tenant``, another tenant's session does not exist.
         """
         local = self.sessions.get(session_id)
         if local is not None:
+            if tenant is not None and local.tenant != tenant:
+                raise SessionNotFound(session_id)
             refused = local.refusal()
             if refused is not None:
                 raise refused
             return local
         if self.draining:
             raise Draining()
-        return await self._claim(session_id, steal=None)
+        return await self._claim(session_id, steal=None, tenant=tenant)
 
-    async def take_over(self, session_id: str, epoch: int) -> Session:
+    async def take_over(self, session_id: str, epoch: int, tenant: str | None = None) -> Session:
         """Take a session whose owner is provably gone (it refused a connection), if its epoch is unchanged."""
-        return await self._claim(session_id, steal=epoch)
+        return await self._claim(session_id, steal=epoch, tenant=tenant)
 
-    async def _claim(self, session_id: str, steal: int | None) -> Session:
+    async def _claim(self, session_id: str, steal: int | None, tenant: str | None = None) -> Session:
         """The session, live here: restored unless another request on this replica already did.
 
         Without ``steal``, a live lease of another replica raises OwnedElsewhere instead.
@@ -241,11 +254,11 @@ class SessionManager:
         try:
             async with claim.lock:
                 local = self.sessions.get(session_id)
-                if local is not None:
+                if local is not None and (tenant is None or local.tenant == tenant):
                     return local
                 record = await self._store(self.store.get(session_id))
-                if record is None:
-                    raise SessionNotFound(session_id)
+                if record is None or (tenant is not None and record.tenant != tenant):
+                    raise SessionNotFound(session_id)  # another tenant's session: not restored, not forwarded
                 lease = record.lease
                 if steal is None and lease is not None and lease.held_by_other(self.replica_id, time.time()):
                     raise OwnedElsewhere(session_id, lease.owner, lease.url, lease.epoch)
@@ -257,6 +270,7 @@ class SessionManager:
 
     async def _take_over(self, record: SessionRecord, steal: int | None) -> Session:
         sid = record.id
+        self._check_room()
         sent = now()
         fence: Fence | None = await self._store(
             self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl, steal=steal)
@@ -337,10 +351,10 @@ class SessionManager:
             raise SessionNotFound(session_id)
         return session
 
-    async def record(self, session_id: str) -> SessionRecord:
+    async def record(self, session_id: str, tenant: str | None = None) -> SessionRecord:
         known_id(session_id)
         record = await self._store(self.store.get(session_id))
-        if record is None:
+        if record is None or (tenant is not None and record.tenant != tenant):
             raise SessionNotFound(session_id)
         return record
 
@@ -374,8 +388,13 @@ class SessionManager:
             outcome = await session.persistence.after_cell(session.kernel)
         return outcome.to_json()
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, tenant: str | None = None) -> None:
         known_id(session_id)
+        if tenant is not None:
+            live = self.sessions.get(session_id)
+            owner = live.tenant if live is not None else (await self.record(session_id)).tenant
+            if owner != tenant:
+                raise SessionNotFound(session_id)
         session = self.sessions.pop(session_id, None)
         record = await self._store(self.store.get(session_id)) if session is None else None
         if session is None and record is None:

@@ -74,9 +74,15 @@ class OutputCollector:
             return None
         display_id = _display_id(msg)
         if t == "update_display_data":
-            if display_id is not None:
-                for index in self._display_ids.get(display_id, []):
-                    self._replace(index, output)
+            if self.truncated:
+                return None
+            shown = self._display_ids.get(display_id, []) if display_id is not None else []
+            for index in shown:
+                if not self._replace(index, output):
+                    # An update counts against the cap like any output: a display updated in a loop with ever
+                    # bigger data must not grow the reply past it.
+                    self._truncate(None)
+                    return self.outputs[-1]
             return {**output, "transient": msg.content.get("transient", {}), "update": True}
         if self._clear_pending:
             self._clear()
@@ -109,18 +115,25 @@ class OutputCollector:
         self.size = 0
         self._clear_pending = False
 
-    def _replace(self, index: int, output: JSONDict) -> None:
+    def _replace(self, index: int, output: JSONDict) -> bool:
+        """Replace an output in place; False (and nothing changed) when that would go past the cap."""
         if index < len(self.outputs):
             old = self.outputs[index]
-            self.outputs[index] = {**output, "output_type": old["output_type"]} | (
+            new = {**output, "output_type": old["output_type"]} | (
                 {"execution_count": old["execution_count"]} if "execution_count" in old else {}
             )
+            size = self.size - output_size(old) + output_size(new)
+            if size > self.limit:
+                return False
+            self.outputs[index] = new
+            self.size = size
+        return True
 
-    def _truncate(self, output: JSONDict) -> None:
+    def _truncate(self, output: JSONDict | None) -> None:
         # Keep what fits of a text stream; anything else is dropped whole. Either way a marker says so.
         self.truncated = True
         room = max(self.limit - self.size, 0)
-        if output["output_type"] == "stream" and room > 0:
+        if output is not None and output["output_type"] == "stream" and room > 0:
             kept = str(output["text"]).encode()[:room].decode(errors="ignore")
             self.outputs.append({**output, "text": kept})
         marker = TRUNCATION_MARKER.format(limit=self.limit)

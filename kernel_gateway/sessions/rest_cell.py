@@ -33,6 +33,7 @@ async def run_rest_cell(
         notices = session.take_notices()
         restored = session.take_restore()
         run = CellRun(output_limit, on_output)
+        kernel = session.kernel
         msg = session.kernel.new_message(
             Channel.SHELL,
             "execute_request",
@@ -66,7 +67,18 @@ async def run_rest_cell(
             # unless a commit was sent whose answer was lost.
             uncertain = session.persistence is not None and session.persistence.state.uncertain
             raise LeaseUncertain(session.id, cell="unknown" if uncertain else "not saved")
-        if run.kernel_died and result.status is not ExecutionStatus.TIMEOUT:
+        out_of_memory = kernel.death_notice() if run.kernel_died else None
+        if out_of_memory is not None and result.status is not ExecutionStatus.TIMEOUT:
+            # The cell itself went over the memory limit: this reply says so, and how the session came back
+            # (the fresh kernel and its restore, which the replacement under way brings).
+            result.status = ExecutionStatus.ERROR
+            result.error = {"ename": "MemoryLimitExceeded", "evalue": out_of_memory, "traceback": []}
+            result.kernel_restarted = True
+            session.discard_notice(out_of_memory)
+            await session.kernel_ready()
+            notices += session.take_notices()
+            restored = session.take_restore() or restored
+        elif run.kernel_died and result.status is not ExecutionStatus.TIMEOUT:
             result.status = ExecutionStatus.ERROR
             result.error = {"ename": "KernelDied", "evalue": KERNEL_DIED_NOTICE, "traceback": []}
             result.kernel_restarted = True

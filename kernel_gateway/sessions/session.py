@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 KernelSource = Callable[[], Awaitable[Kernel]]
 
+NO_REPLY = frozenset({"comm_open", "comm_msg", "comm_close"})
+"""Shell requests the kernel never replies to: routing them would only grow the route table."""
+MAX_ROUTES = 10_000
+"""Requests awaiting a reply, per session; past it the oldest (a frontend that never waits) are forgotten."""
+
 STATE_LOST_NOTICE = "the session's variables were lost (no checkpoint to restore)"
 KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
 CLOSE_SESSION_MOVED = 1012  # "service restart": reconnect, and land on the session's current owner
@@ -67,6 +72,7 @@ class Session:
         self.execution_state = "idle"
         self.execution_count = 0
         self.created = time.time()
+        self.tenant = ""  # whose session this is (kernel_gateway.tenants); for other tenants it does not exist
         self.last_activity = self.created
         self.kernel_restarts = 0
         self.restored: RestoreReport | None = None
@@ -126,7 +132,8 @@ class Session:
             return
         log.warning("session %s: kernel %s died", self.id, kernel_id)
         if self._replacing is None or self._replacing.done():
-            self._replacing = asyncio.get_running_loop().create_task(self._replace_now(KERNEL_DIED_NOTICE))
+            notice = self.kernel.death_notice() or KERNEL_DIED_NOTICE
+            self._replacing = asyncio.get_running_loop().create_task(self._replace_now(notice))
 
     # -- frontends ---------------------------------------------------------------------------------------
 
@@ -168,8 +175,10 @@ class Session:
             # Shell messages change the kernel (comms run code); none enters while the lease is uncertain.
             _close(conn, CLOSE_TRY_AGAIN, str(refused))
             return
-        if msg.channel is not Channel.STDIN and msg.msg_id:
+        if msg.channel is not Channel.STDIN and msg.msg_id and msg.msg_type not in NO_REPLY:
             self._routes[msg.msg_id] = conn
+            if len(self._routes) > MAX_ROUTES:
+                self._prune_routes()
         if msg.channel is Channel.SHELL and msg.msg_type == "execute_request":
             done = self.cells.submit(conn, msg)
             if self.persistence is not None:
@@ -235,6 +244,12 @@ class Session:
             if self.on_lease_lost is not None:
                 asyncio.get_running_loop().create_task(self.on_lease_lost(self))
             raise
+
+    def _prune_routes(self) -> None:
+        # Oldest first (dicts keep insertion order); a REST cell's route stays until its cell is over.
+        excess = len(self._routes) - MAX_ROUTES * 3 // 4
+        for msg_id in [k for k, v in self._routes.items() if not isinstance(v, CellRun)][:excess]:
+            del self._routes[msg_id]
 
     # -- for REST cells (kernel_gateway.sessions.rest_cell) ---------------------------------------------
 

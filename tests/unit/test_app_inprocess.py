@@ -31,7 +31,9 @@ async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as c:
+    # A loopback host name: without a token the app refuses other hosts (DNS rebinding, kernel_gateway.browsers).
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=60) as c:
         yield c
 
 
@@ -88,13 +90,13 @@ async def test_bad_input_is_a_json_4xx_naming_the_problem(
 @pytest.fixture(scope="module")
 def sync_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     # Starlette's test client runs the app (and its lifespan) on its own loop: a separate app instance.
-    with TestClient(create_app(settings(tmp_path_factory.mktemp("inproc-ws")))) as c:
+    with TestClient(create_app(settings(tmp_path_factory.mktemp("inproc-ws"))), base_url="http://localhost") as c:
         yield c
 
 
 def test_kernel_websocket_runs_a_cell_and_the_reply_follows_its_outputs(sync_client: TestClient) -> None:
     kernel = sync_client.post("/api/kernels", json={}).json()
-    with sync_client.websocket_connect(f"/api/kernels/{kernel['id']}/channels") as ws:
+    with sync_client.websocket_connect(f"ws://localhost/api/kernels/{kernel['id']}/channels") as ws:
         header = {"msg_id": "m1", "msg_type": "execute_request", "session": "t", "username": "t", "version": "5.3"}
         content = {"code": "print('ws')", "silent": False, "store_history": True, "user_expressions": {}}
         ws.send_text(orjson.dumps({"channel": "shell", "header": header, "parent_header": {}, "metadata": {},

@@ -23,11 +23,11 @@ class Directory:
         self._take_over = list(take_over or [])
         self.calls: list[tuple[str, ...]] = []
 
-    async def resolve(self, session_id: str) -> Any:
+    async def resolve(self, session_id: str, tenant: str | None = None) -> Any:
         self.calls.append(("resolve", session_id))
         return self._answer(self._resolve.pop(0))
 
-    async def take_over(self, session_id: str, epoch: int) -> Any:
+    async def take_over(self, session_id: str, epoch: int, tenant: str | None = None) -> Any:
         self.calls.append(("take_over", session_id, str(epoch)))
         return self._answer(self._take_over.pop(0))
 
