@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 class StaticServer(ProcessBackend):
     def command(self) -> tuple[list[str], dict[str, str], str, dict[str, str]]:
-        argv = [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1"]
+        argv = [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--protocol", "HTTP/1.1"]
         return argv, {"PATH": "/usr/bin:/bin"}, f"http://127.0.0.1:{self.port}/", {}
 
 
@@ -59,12 +59,14 @@ def test_activator_starts_on_request_and_stops_when_idle(tmp_path: Path) -> None
         fronts.set_paused(False)
         assert not backend.running() and _refused(direct)
         # The request waits while the backend starts, then gets its answer.
-        assert httpx.get(front.url + "/", timeout=60).status_code == 200
-        assert backend.launches == 1 and len(front.starts) == 1
-        assert httpx.get(f"http://127.0.0.1:{direct}/", timeout=10).status_code == 200  # the queue-proxy port
-        # Idle: stopped, and its direct address refuses (as a deleted pod's); the next request starts it again.
-        _until("backend stopped when idle", lambda: not backend.running() and front.stops == 1)
-        assert _refused(direct)
+        with httpx.Client(timeout=60) as client:  # its keep-alive connection stays open, idle
+            assert client.get(front.url + "/").status_code == 200
+            assert backend.launches == 1 and len(front.starts) == 1 and front.open == 1
+            assert httpx.get(f"http://127.0.0.1:{direct}/", timeout=10).status_code == 200  # the queue-proxy port
+            # Idle (an open keep-alive connection is no request in flight): stopped, and its direct address
+            # refuses (as a deleted pod's); the next request starts it again.
+            _until("backend stopped when idle", lambda: not backend.running() and front.stops == 1)
+            assert _refused(direct)
         assert httpx.get(front.url + "/", timeout=60).status_code == 200
         assert backend.launches == 2 and backend.running()
         fronts.stop_all()

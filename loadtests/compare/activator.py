@@ -37,6 +37,21 @@ class Backend(Protocol):
     def running(self) -> bool: ...
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One client connection: a request is in flight while the client has sent more recently than the backend
+    answered; an upgraded (WebSocket) connection is in flight while it is open (Knative counts it so too,
+    knative/serving#10835). An idle keep-alive connection is not: it does not keep a backend up."""
+
+    up: float
+    down: float = 0.0
+    websocket: bool = False
+
+    @property
+    def in_flight(self) -> bool:
+        return self.websocket or self.up > self.down
+
+
 @dataclass
 class Activator:
     name: str
@@ -50,6 +65,7 @@ class Activator:
     stops: int = 0
     open: int = 0
     last_activity: float = field(default_factory=time.monotonic)
+    conns: set[_Conn] = field(default_factory=set)
     _lock: asyncio.Lock | None = None
     _server: asyncio.Server | None = None
     _direct: asyncio.Server | None = None
@@ -86,7 +102,8 @@ class Activator:
                 self.stops += 1
 
     async def idle_check(self) -> None:
-        idle = self.open == 0 and time.monotonic() - self.last_activity > self.idle_after
+        busy = any(c.in_flight for c in self.conns)
+        idle = not busy and time.monotonic() - self.last_activity > self.idle_after
         if not self.paused and idle and self.backend.running():
             await self.stop_backend()
 
@@ -97,8 +114,10 @@ class Activator:
         await self._relay(reader, writer, start=False)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, start: bool) -> None:
+        conn = _Conn(up=time.monotonic())
+        self.conns.add(conn)
         self.open += 1
-        self.last_activity = time.monotonic()
+        self.last_activity = conn.up
         try:
             try:
                 if start:
@@ -106,21 +125,27 @@ class Activator:
                 b_reader, b_writer = await asyncio.wait_for(
                     asyncio.open_connection(HOST, self.backend.port), _CONNECT_TIMEOUT
                 )
-            except Exception:
+            except Exception:  # (the client sees its connection closed, as with a failed revision)
                 writer.close()
                 return
 
-            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
                 with contextlib.suppress(OSError, asyncio.CancelledError):
                     while data := await src.read(65536):
-                        self.last_activity = time.monotonic()
+                        now = self.last_activity = time.monotonic()
+                        if upstream:
+                            conn.up = now
+                            conn.websocket = conn.websocket or b"upgrade: websocket" in data[:4096].lower()
+                        else:
+                            conn.down = now
                         dst.write(data)
                         await dst.drain()
                 with contextlib.suppress(OSError):
                     dst.close()
 
-            await asyncio.gather(pipe(reader, b_writer), pipe(b_reader, writer))
+            await asyncio.gather(pipe(reader, b_writer, True), pipe(b_reader, writer, False))
         finally:
+            self.conns.discard(conn)
             self.open -= 1
             self.last_activity = time.monotonic()
 

@@ -85,10 +85,16 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
     out: Json = {"no_users": memory_now(sampler, plan.memory_reads), "levels": {}}
     held: list[tuple[str, str, str]] = []
 
+    retried: list[str] = []
+
     def add(index: int) -> tuple[str, str, str]:
         name = f"idle{index}"
         marker = f"{name}-{uuid.uuid4().hex[:8]}"
-        return name, asyncio.run(hold_state(model.user_api(name), marker)), marker
+        try:
+            return name, asyncio.run(hold_state(model.user_api(name), marker)), marker
+        except Exception as exc:  # (once, and counted: the report says how often and why)
+            retried.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
+            return name, asyncio.run(hold_state(model.user_api(name), marker)), marker
 
     with ThreadPoolExecutor(4) as pool:
         for level in plan.idle_levels:
@@ -111,6 +117,7 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
     for name, kernel, marker in checked:
         kept += asyncio.run(resume(model.user_api(name), kernel, marker)).state_back
     out["state_checked"], out["state_back"] = len(checked), kept
+    out["idle_users_retried"] = retried
     return out
 
 
