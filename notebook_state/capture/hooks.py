@@ -103,8 +103,8 @@ class Parts(dict[str, Any]):
         self, parts: dict[str, Any] | None = None, keep: Iterable[str] = (), inline: Iterable[str] = ()
     ) -> None:
         super().__init__(parts or {})
-        self.keep = frozenset(keep)
-        self.inline = frozenset(inline)
+        self.keep = keep if isinstance(keep, frozenset) else frozenset(keep)
+        self.inline = inline if isinstance(inline, frozenset) else frozenset(inline)
 
 
 def trait(obj: Any, name: str) -> Any:

@@ -28,6 +28,7 @@ FANOUT = 4
 OUT_VALUE_LIMIT = 16 * 1024
 
 Chunk = tuple[int, int, int]  # (level, first key, key past the last)
+_TAIL = frozenset({"tail"})
 
 
 def _history(ctx: Context) -> Any:
@@ -95,8 +96,9 @@ def _capture_inputs(ctx: Context) -> Parts | None:
     log = _log(ctx, ctx.full or ctx.previous is None or _cut_short(ctx, len(raw)))
     begin = log["open"]
     made = _advance(log, range(begin, len(raw)), [len(s) for s in raw[begin:]], IN_CHUNK_BYTES)
-    chunks: list[Chunk] = log["chunks"]
-    parts = Parts(keep=[_key("in", c) for c in chunks if c not in made], inline=["tail"])
+    if made or "keep" not in log:
+        log["keep"] = frozenset(_key("in", c) for c in log["chunks"])
+    parts = Parts(keep=log["keep"], inline=_TAIL)
     for _, b, e in made:
         parts[_key("in", (0, b, e))] = (b, parsed[b:e], raw[b:e])
     tail = log["open"]

@@ -168,7 +168,7 @@ class ProcessState:
         try:
             state = hook.capture(ctx)
             parts = state if isinstance(state, Parts) else Parts({} if state is None else {"": state})
-            if any(k not in old for k in parts.keep) and not ctx.full:
+            if not ctx.full and any(k not in old and k not in parts for k in parts.keep):
                 ctx.full, ctx.previous = True, None  # a part it did not send again was never stored: all
                 state = hook.capture(ctx)
                 parts = state if isinstance(state, Parts) else Parts({} if state is None else {"": state})
@@ -179,7 +179,10 @@ class ProcessState:
             self.fingerprints.pop(name, None)
             self.lost[name] = f"not captured: {_error(exc)}"
             return
-        new = {k: old[k] for k in parts.keep if k in old and k not in parts}
+        if parts.keep == old.keys() - parts.keys():  # only new parts (or none): most cells
+            new = dict(old) if any(k not in parts.inline for k in parts) else old
+        else:
+            new = {k: old[k] for k in parts.keep if k in old and k not in parts}
         inline: dict[str, Any] = {}
         ns = self.shell.user_ns
         for part, value in parts.items():
