@@ -143,6 +143,9 @@ def serve(settings: Settings) -> None:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         ws_max_size=WS_MAX_MESSAGE,
+        # Kernel messages are small and many: deflating each costs more CPU than it saves (profiled in the
+        # WebSocket path), and jupyter_server does not compress its kernel sockets either.
+        ws_per_message_deflate=False,
         http=header_timeout_protocol(settings.header_timeout),
         timeout_keep_alive=max(1, int(settings.header_timeout)),
         limit_concurrency=settings.limit_concurrency or None,
