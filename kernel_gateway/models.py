@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -9,6 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from notebook_state.types import SESSION_ID_PATTERN
 
 _ID_PATTERN = SESSION_ID_PATTERN.pattern
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers: ``reason`` and ``message`` are what jupyter_server's GatewayClient reads."""
+
+    model_config = ConfigDict(extra="allow")
+    reason: str = Field(description="The HTTP reason phrase.")
+    message: str = Field(description="What is wrong, and what to do about it.")
+
+
+ERRORS = (400, 401, 403, 404, 409, 413, 421, 429, 502, 503)
+"""Statuses any authenticated route may answer with an ErrorBody (422 is FastAPI's own validation error)."""
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in ERRORS
+}
 
 
 class Strict(BaseModel):

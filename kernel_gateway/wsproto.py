@@ -18,6 +18,9 @@ from .types import Channel, KernelMessage
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 
 _FROM_CLIENT = frozenset({Channel.SHELL, Channel.STDIN, Channel.CONTROL})
+_EXECUTE_FIELDS: dict[str, type] = {
+    "silent": bool, "store_history": bool, "allow_stdin": bool, "stop_on_error": bool, "user_expressions": dict
+}  # fmt: skip
 _MAX_PARTS = 1024
 
 
@@ -40,7 +43,19 @@ def _message(
     metadata = metadata if isinstance(metadata, dict) else {}
     if not isinstance(content, dict):
         raise ProtocolError("content must be an object")
+    if header.get("msg_type") == "execute_request":
+        _check_execute(content)
     return KernelMessage(ch, header, parent, metadata, content, buffers)
+
+
+def _check_execute(content: dict[str, Any]) -> None:
+    # ipykernel neither replies to nor goes idle after an execute_request it cannot read, and the session lets
+    # the next cell in only after this one's reply: such a request would hold every later cell for ever.
+    if not isinstance(content.get("code"), str):
+        raise ProtocolError("an execute_request needs its code as a string")
+    for name, kind in _EXECUTE_FIELDS.items():
+        if name in content and not isinstance(content[name], kind):
+            raise ProtocolError(f"an execute_request's {name} must be a {kind.__name__}")
 
 
 def decode_json(text: str | bytes) -> KernelMessage:

@@ -13,13 +13,13 @@ from starlette.responses import Response, StreamingResponse
 from ..auth import caller_of
 from ..deps import Authorized, Gateway, GatewayDep
 from ..forward import on_owner
-from ..models import ExecuteReply, ExecuteRequest
+from ..models import ERROR_RESPONSES, ExecuteReply, ExecuteRequest
 from ..responses import JSONResponse
 from ..sessions.execution import ExecutionResult
 from ..sessions.session import Session
 from ..types import JSONDict
 
-router = APIRouter(tags=["execute"], dependencies=[Authorized])
+router = APIRouter(tags=["execute"], dependencies=[Authorized], responses=ERROR_RESPONSES)
 
 
 def _timeout(gw: Gateway, body: ExecuteRequest) -> float:

@@ -13,13 +13,13 @@ from starlette.responses import FileResponse
 from .. import __version__
 from ..deps import Authorized, CallerDep, GatewayDep, ManagerDep, SettingsDep
 from ..forward import delete_anywhere, on_owner
-from ..models import CreateKernelRequest, KernelModel
+from ..models import ERROR_RESPONSES, CreateKernelRequest, KernelModel
 from ..responses import JSONResponse
 from ..sessions.errors import KernelSpecNotFound
 from ..sessions.session import Session
 from ..views import kernel_model
 
-router = APIRouter(tags=["jupyter"], dependencies=[Authorized])
+router = APIRouter(tags=["jupyter"], dependencies=[Authorized], responses=ERROR_RESPONSES)
 
 _RESOURCE_NAMES = ("kernel.js", "kernel.css")
 
@@ -63,8 +63,12 @@ async def kernelspec_resource(name: str, resource: str, manager: ManagerDep) -> 
     except NoSuchKernel as exc:
         raise KernelSpecNotFound(name) from exc
     directory = Path(spec.resource_dir).resolve()
-    path = (directory / resource).resolve()
-    if path.parent != directory or not path.is_file() or path.name == "kernel.json":
+    try:
+        path = (directory / resource).resolve()
+        found = path.parent == directory and path.is_file() and path.name != "kernel.json"
+    except (ValueError, OSError):  # a NUL byte, a name too long: no such file either way
+        found = False
+    if not found:
         return JSONResponse(
             {"reason": "Not Found", "message": f"kernelspec {name!r} has no resource {resource!r}"}, status_code=404
         )

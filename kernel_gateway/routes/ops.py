@@ -6,11 +6,12 @@ import asyncio
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from notebook_state.store import StoreUnavailable
 
 from ..deps import Authorized, GatewayDep
+from ..models import ERROR_RESPONSES
 from ..responses import JSONResponse
 
 router = APIRouter(tags=["operations"])
@@ -47,6 +48,12 @@ async def readyz(gw: GatewayDep) -> JSONResponse:
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", dependencies=[Authorized])
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    dependencies=[Authorized],
+    response_class=PlainTextResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(gw: GatewayDep) -> Response:
     return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Body, Request, Response
 
 from ..deps import Authorized, CallerDep, GatewayDep, ManagerDep
 from ..forward import delete_anywhere, on_owner
-from ..models import CreateSessionRequest, SessionInfo
+from ..models import ERROR_RESPONSES, CreateSessionRequest, SessionInfo
 from ..responses import JSONResponse
 from ..sessions.session import Session
 from ..views import session_info
 
-router = APIRouter(tags=["sessions"], dependencies=[Authorized])
+router = APIRouter(tags=["sessions"], dependencies=[Authorized], responses=ERROR_RESPONSES)
 
 
 @router.get("/sessions", response_model=list[SessionInfo], summary="Every session in the store")
