@@ -198,3 +198,26 @@ async def test_tenants_hold_across_replicas_and_owner_addresses_are_checked(tmp_
         finally:
             for svc in (a, b):
                 svc.stop(signal.SIGKILL)
+
+
+async def test_each_hub_user_gets_a_gateway_token_of_their_own(tmp_path: Path) -> None:
+    from hub.knativespawner import KnativeSpawner
+    from kernel_gateway.tenants import Tenants, make_tenants_file
+
+    key = "hub-and-gateway-share-this-key"
+    tokens: dict[str, str] = {}
+    try:
+        for name in ("ada", "bo@example.org"):
+            spawner = KnativeSpawner(_mock=True, gateway_url="http://gw", namespace="users", k8s_api_host="http://127.0.0.1:1",
+                                     gateway_tenant_key=key)  # fmt: skip
+            spawner.user.name = name
+            env = {e["name"]: e.get("value") for e in spawner._gateway().env()}
+            assert env["SKG_GATEWAY_TOKEN"] == env["JUPYTER_GATEWAY_AUTH_TOKEN"]
+            tokens[name] = env["JUPYTER_GATEWAY_AUTH_TOKEN"]
+    finally:
+        await KnativeSpawner.close_clients()
+    assert len(set(tokens.values())) == 2
+    path = tmp_path / "tenants.json"
+    path.write_text(json.dumps(make_tenants_file(key.encode(), tokens)))  # what `skg tenants` writes
+    registry = Tenants(path, "")
+    assert {name: registry.identify(token).name for name, token in tokens.items()} == {n: n for n in tokens}  # type: ignore[union-attr]

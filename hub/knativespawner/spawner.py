@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, ClassVar, TypeVar
@@ -20,7 +21,9 @@ from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 from kubespawner import KubeSpawner
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
+
+from kernel_gateway.tenants import TENANT_NAME, derive_token
 
 from .client import KnativeServices, VolumeClaims, make_api_client
 from .objects import (
@@ -50,6 +53,17 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
         help="Name of a Secret in the user namespace holding the gateway's token (key: gateway_token_secret_key)."
     ).tag(config=True)
     gateway_token_secret_key = Unicode("SKG_TOKEN", help="Key of the token in gateway_token_secret.").tag(config=True)
+    gateway_tenant_key = Unicode(
+        help="A secret key (16+ characters; default $SKG_TENANT_KEY) from which each hub user's own gateway token "
+        "is derived, so that every user is a tenant of the gateway and sees only their own kernels. The "
+        "gateway's tenants file comes from the same key: `SKG_TENANT_KEY=... skg tenants <user>...`. Set, it "
+        "takes the place of gateway_token and gateway_token_secret."
+    ).tag(config=True)
+
+    @default("gateway_tenant_key")
+    def _tenant_key_from_env(self) -> str:
+        return os.environ.get("SKG_TENANT_KEY", "")
+
     url_source = Enum(
         ["address", "url"],
         default_value="address",
@@ -142,6 +156,11 @@ class KnativeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner is untyp
     def _gateway(self) -> Gateway:
         if not self.gateway_url:
             raise ValueError("KnativeSpawner.gateway_url is not set: where do the user's kernels run?")
+        if self.gateway_tenant_key:
+            name = self.user.name
+            if len(self.gateway_tenant_key) < 16 or not TENANT_NAME.match(name):
+                raise ValueError(f"no gateway token for {name!r}: a 16+ character key and a tenant-safe user name")
+            return Gateway(self.gateway_url, derive_token(self.gateway_tenant_key.encode(), name))
         secret = (self.gateway_token_secret, self.gateway_token_secret_key) if self.gateway_token_secret else None
         return Gateway(self.gateway_url, self.gateway_token or None, secret)
 
