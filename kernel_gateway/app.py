@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
             lambda: sum(1 for s in manager.sessions.values() if s.persistence is not None),
         )
         app.state.gateway = gw
+        # Found out before serving: a sandbox named by --sandbox that the platform refuses stops the start here.
+        await manager.kernels.sandbox()
         await manager.start()
         log.info(
             "gateway ready to serve",

@@ -5,9 +5,11 @@ service sign anything but the kernel's own regular files."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from tests.kernel_process import CONNECTION_FILE, host_pid
-from tests.service import Service, running_service
+from tests.service import Service, running_service, start_service
 
 CANARY = "canary-" + secrets.token_hex(8)  # never written into a cell: cells are stored (history)
 """In the service's environment (and so in its /proc/<pid>/environ): no kernel may ever see it."""
@@ -179,3 +181,39 @@ def test_without_a_sandbox_the_service_says_so(tmp_path: Path) -> None:
         sandbox = httpx.get(f"{svc.url}/readyz").json()["sandbox"]
         assert sandbox["kind"] == "none" and "disabled" in sandbox["detail"]
         assert any("kernel sandbox is weak" in line for line in svc.log)
+
+
+def test_a_uid_of_its_own_where_namespaces_are_refused(tmp_path: Path) -> None:
+    """--sandbox uid: each kernel runs as a uid of its own, or the service refuses to start saying why (it never
+    runs kernels less isolated than asked)."""
+    service = start_service(tmp_path, ["--pool-size", "0", "--sandbox", "uid"], env={"SANDBOX_CANARY": CANARY},
+                            ready=False)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while service.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{service.url}/readyz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.2)
+        if service.proc.poll() is not None:
+            assert "--sandbox uid is not possible here" in "".join(service.log)
+            return
+        assert httpx.get(f"{service.url}/readyz").json()["sandbox"]["kind"] == "uid"
+        a, b = run(service, CONNECTION_FILE), run(service, CONNECTION_FILE)
+        b_file, data_dir = value(b), tmp_path / "skg"
+        probe = f"""
+import os
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+(os.getuid(), attempt(lambda: open({b_file!r}).read()), attempt(lambda: os.kill({service.proc.pid}, 0)),
+ attempt(lambda: open("/proc/{service.proc.pid}/environ").read()), attempt(lambda: os.listdir({str(data_dir)!r})))
+"""
+        uid, other_kernel, signal_service, environ, data = value(run(service, probe, a["session"]))
+        assert uid not in (0, os.getuid())
+        assert (other_kernel, signal_service, environ, data) == ("PermissionError",) * 4
+    finally:
+        service.stop()

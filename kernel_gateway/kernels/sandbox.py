@@ -72,7 +72,8 @@ class Sandbox:
         if uid is not None:
             argv += make_setpriv_argv(uid, keep_bwrap=self.kind is SandboxKind.BWRAP)
         if self.kind is SandboxKind.BWRAP and self.bwrap is not None:
-            argv += make_bwrap_argv(self.bwrap, kernel_dir, self.options, userns=os.geteuid() != 0 or uid is not None)
+            userns = os.geteuid() != 0 or uid is not None
+            argv += make_bwrap_argv(self.bwrap, kernel_dir, self.options, userns, own_uid=uid is not None)
         return argv
 
 
@@ -100,8 +101,14 @@ def _under(path: str, parents: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)
 
 
-def make_bwrap_argv(bwrap: str, kernel_dir: Path, options: SandboxOptions, userns: bool) -> list[str]:
-    """The bubblewrap command line for one kernel. Paths only: no secret is ever on a command line."""
+def make_bwrap_argv(
+    bwrap: str, kernel_dir: Path, options: SandboxOptions, userns: bool, own_uid: bool = False
+) -> list[str]:
+    """The bubblewrap command line for one kernel. Paths only: no secret is ever on a command line.
+
+    ``own_uid``: the kernel runs as a uid of its own, so what only the service's user may read (its home, as
+    a rule) stays unreadable without hiding it; a home others may read is hidden all the same.
+    """
     size = str(options.tmp_size)
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     argv += ["--unshare-user", "--disable-userns"] if userns else ["--cap-drop", "ALL"]
@@ -115,7 +122,7 @@ def make_bwrap_argv(bwrap: str, kernel_dir: Path, options: SandboxOptions, usern
     if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
         hide.append("/var/run")
     home = os.environ.get("HOME", "")
-    if home not in ("", "/") and os.path.isdir(home):
+    if home not in ("", "/") and os.path.isdir(home) and (not own_uid or os.stat(home).st_mode & 0o005):
         hide.append(home)  # the service user's credentials (~/.ssh, cloud configs)
     for hidden in hide:
         argv += ["--tmpfs", hidden]
@@ -179,7 +186,9 @@ async def detect(options: SandboxOptions, probe_dir: Path) -> Sandbox:
     probe_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     reasons: list[str] = []
     bwrap = shutil.which("bwrap")
-    true = shutil.which("true") or "/bin/true"
+    # The probe runs what a kernel runs (this Python, importing the capture module): a sandbox in which the
+    # interpreter or its packages cannot be reached (a home only its owner may enter) is no sandbox for kernels.
+    kernel_like = [sys.executable, "-c", "import notebook_state.capture"]
     uid = options.uid_base
     if options.mode in ("auto", "bwrap"):
         if bwrap is None:
@@ -191,7 +200,7 @@ async def detect(options: SandboxOptions, probe_dir: Path) -> Sandbox:
                 sandbox = Sandbox(SandboxKind.BWRAP, "", options, bwrap, own_uid)
                 if own_uid:
                     os.chown(probe_dir, uid, uid)
-                why = await _works([*sandbox.prefix(probe_dir, uid if own_uid else None), true])
+                why = await _works([*sandbox.prefix(probe_dir, uid if own_uid else None), *kernel_like])
                 if why is None:
                     detail = f"bubblewrap: own pid, ipc and mount namespaces, private /tmp; kernels run as {how}"
                     return Sandbox(SandboxKind.BWRAP, detail, options, bwrap, own_uid)
@@ -200,7 +209,7 @@ async def detect(options: SandboxOptions, probe_dir: Path) -> Sandbox:
         if not root:
             reasons.append("a uid of its own per kernel needs the service to run as root")
         else:
-            why = await _works([*make_setpriv_argv(uid, keep_bwrap=False), true])
+            why = await _works([*make_setpriv_argv(uid, keep_bwrap=False), *kernel_like])
             if why is None:
                 detail = "a uid of its own per kernel (no namespaces: " + "; ".join(reasons or ["not asked"]) + ")"
                 return Sandbox(SandboxKind.UID, detail, options, None, own_uid=True)
