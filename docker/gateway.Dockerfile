@@ -39,6 +39,12 @@ RUN groupadd --system --gid "${SKG_GID}" skg \
     && useradd --system --no-log-init --uid "${SKG_UID}" --gid skg --create-home --home-dir /home/skg \
        --shell /usr/sbin/nologin skg
 
+# bubblewrap: each kernel runs in a sandbox of its own. It needs user namespaces in the pod; where they are
+# refused, the gateway says so at start and in /readyz (docs/security.md: what holds then).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap=0.8.0-2+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
+
 COPY --from=builder /opt/venv /opt/venv
 
 # PORT: Knative sets it (8080); SKG_HOST: listen on all interfaces (requires SKG_TOKEN).
