@@ -39,6 +39,13 @@ def ms(s: Json | None, keys: tuple[str, ...] = ("p50", "p90", "p99")) -> str:
     return " / ".join(f"{s[k]:g}" for k in keys) + f" (n={s['n']})"
 
 
+def absorbed(a: Json | None) -> str:
+    if not a:
+        return DASH
+    took = f"{a['seconds']:g}" if a.get("seconds") is not None else f"not all within {a['window_s']:g} s"
+    return f"{a['added_users']} / {a['served']} / {took}"
+
+
 def first_path(model: Json) -> Json:
     starts = model.get("starts") or {}
     return next(iter(starts.values()), {})
@@ -162,10 +169,7 @@ def detail_tables(results: Json) -> list[str]:
         line("cells during the ramp, ms", lambda m: ms(g(m, "load", "ramp_latency_ms"))),
         line("cells during the burst, ms", lambda m: ms(g(m, "load", "burst_latency_ms"))),
         line(
-            "load step: users added / served / seconds to serve all",
-            lambda m: "{added_users} / {served} / {seconds}".format(
-                **(g(m, "load", "burst_absorb") or {"added_users": DASH, "served": DASH, "seconds": DASH})
-            ),
+            "load step: users added / served / seconds until all were", lambda m: absorbed(g(m, "load", "burst_absorb"))
         ),
         line("throughput at saturation, cells/s", lambda m: str(g(m, "load", "saturation", "cells_per_s") or DASH)),
         line("  latency at saturation, ms", lambda m: ms(g(m, "load", "saturation_latency_ms"))),
