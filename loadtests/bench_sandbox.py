@@ -67,6 +67,40 @@ def start_replica(mode: str, work: Path) -> tuple[ManagedProcess, httpx.Client] 
     return proc, client
 
 
+def launch_costs(modes: list[str], runs: int) -> dict[str, Any]:
+    """The sandbox's own share of a kernel start: this Python started (``-c pass``) behind each mode's launch
+    prefix, alternating between modes, as the gateway would start a kernel (a directory of its own)."""
+    import asyncio
+
+    from kernel_gateway.kernels.sandbox import SandboxOptions, detect
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="skg-bench-launch-", dir="/dev/shm") as tmp:
+        root = Path(tmp)
+        root.chmod(0o711)
+        prefixes: dict[str, list[str]] = {}
+        for mode in modes:
+            try:
+                sandbox = asyncio.run(detect(SandboxOptions(mode=mode), root / f"probe-{mode}"))
+            except RuntimeError as exc:
+                out[mode] = {"unavailable": str(exc)}
+                continue
+            kernel_dir = root / mode
+            kernel_dir.mkdir(mode=0o700)
+            uid = sandbox.options.uid_base if sandbox.own_uid else None
+            if uid is not None:
+                os.chown(kernel_dir, uid, uid)
+            prefixes[mode] = sandbox.prefix(kernel_dir, uid)
+        seen: dict[str, list[float]] = {m: [] for m in prefixes}
+        for _ in range(runs):
+            for mode, prefix in prefixes.items():
+                started = time.perf_counter()
+                subprocess.run([*prefix, sys.executable, "-c", "pass"], check=True, cwd=tmp)
+                seen[mode].append(time.perf_counter() - started)
+        out.update({mode: summary(values) for mode, values in seen.items()})
+    return out
+
+
 def kernel_start(client: httpx.Client) -> float:
     started = time.perf_counter()
     r = client.post("/api/kernels", json={})
@@ -136,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=10, help="cold kernel starts per mode")
     parser.add_argument("--cells", type=int, default=200, help="cells per mode, on one session")
     parser.add_argument("--modes", default=",".join(MODES), help="sandbox modes to compare (comma-separated)")
+    parser.add_argument("--launches", type=int, default=30, help="bare process launches per mode")
     args = parser.parse_args(argv)
     bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, check=False)
+    modes = [m for m in args.modes.split(",") if m]
     with sigterm_as_exit():
-        report = run(args.starts, args.cells, [m for m in args.modes.split(",") if m])
+        launch = launch_costs(modes, args.launches)
+        report = run(args.starts, args.cells, modes)
+    report["process_launch_s"] = launch
     report["ran"] = {
         "benchmark": "bench_sandbox", "starts": args.starts, "cells": args.cells, "commit": git_commit(ROOT),
         "cpu": cpu_model(), "cpus": os.cpu_count(), "bubblewrap": bwrap.stdout.strip() or None,
