@@ -21,15 +21,16 @@ MODELS = {"dedicated", "peruser", "gateway"}
 pytestmark = pytest.mark.timeout(600)
 
 
-def _ours(began: float) -> list[str]:
-    """Processes started since ``began`` that belong to a compare run (its work folder or its hub config)."""
+def _ours(began: float, root: Path) -> list[str]:
+    """Processes started since ``began`` that belong to this run: their command line or working directory is
+    under ``root`` (the run's TMPDIR, so its work folder too)."""
     found = []
     for p in psutil.process_iter(["cmdline", "create_time", "cwd"]):
         try:
             if (p.info["create_time"] or 0) < began:
                 continue
             text = " ".join(p.info["cmdline"] or []) + " " + (p.info["cwd"] or "")
-            if "skg-compare-" in text or "loadtests/compare/jupyterhub_config.py" in text:
+            if str(root) in text:
                 found.append(f"{p.pid} {text[:200]}")
         except psutil.Error:
             continue
@@ -39,6 +40,8 @@ def _ours(began: float) -> list[str]:
 def test_quick_comparison_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "report"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKG_", "JUPYTER", "JPY_", "KERNEL_"))}
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")  # the run's work folder lands here: its processes are told apart by it
     began = time.time()
     cmd = [str(Path(sys.executable).parent / "skg-compare"), "--quick", "--out", str(out), "--seed", "11"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
@@ -77,6 +80,6 @@ def test_quick_comparison_runs_end_to_end(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
 
     deadline = time.monotonic() + 30  # a stopped process may take a moment to be reaped
-    while _ours(began) and time.monotonic() < deadline:
+    while _ours(began, tmp_path) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _ours(began)
+    assert not _ours(began, tmp_path)

@@ -34,6 +34,7 @@ class Plan:
     notebook_path: bool = True  # also probe the gateway through a Jupyter server pointed at it
     memory_reads: int = 3
     stop_timeout: float = 10.0
+    idle_baseline: bool = True  # scale everything to zero first, for a 'no users' memory reading
 
     def timeline(self) -> list[Stage]:
         study = make_study(self.users, self.peak, self.ramp, self.steady, self.hold, self.saturation)
@@ -53,13 +54,13 @@ def make_plan(quick: bool) -> Plan:
             think=1.0,
             users=2,
             peak=3,
-            ramp=2.0,
-            steady=3.0,
-            hold=3.0,
+            ramp=1.0,
+            steady=2.5,
+            hold=2.5,
             saturation=2.0,
-            day=(1.0, 0.0, 0.0, 0.0, 1.0),
+            day=(1.0, 0.0, 1.0),
             day_first_hour=0,
-            day_hours=5,
+            day_hours=3,
             hour=1.5,
             day_peak=2,
             idle_after=4.0,
@@ -73,6 +74,7 @@ def make_plan(quick: bool) -> Plan:
             notebook_path=False,
             memory_reads=1,
             stop_timeout=1.0,
+            idle_baseline=False,
         )
     # A day from 17:00 to 16:00 the next day: the evening, the night (everything idle), the morning's
     # returns, a three-hour lunch dip (those who leave are scaled to zero and come back), the afternoon.

@@ -187,7 +187,12 @@ def detail_tables(results: Json) -> list[str]:
         )
 
     lv = sorted({n for k in keys for n in (g(models[k], "idle", "levels") or {})}, key=int)
-    idle = [line("no users", lambda m: f"{g(m, 'idle', 'no_users', 'pss_mb') or 0:.0f} MB")]
+    idle = [
+        line(
+            "no users",
+            lambda m: DASH if g(m, "idle", "no_users") is None else f"{g(m, 'idle', 'no_users', 'pss_mb'):.0f} MB",
+        )
+    ]
     idle += [line(f"{n} idle users", level(n)) for n in lv]
     idle.append(
         line(

@@ -81,8 +81,10 @@ def measure_starts(model: Model, plan: Plan) -> Json:
 def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
     """Memory with 1, 10, 50 idle users (each holding a kernel with state), before and after the idle action."""
     model.set_idle_actions(False)
-    model.idle_action_now()
-    out: Json = {"no_users": memory_now(sampler, plan.memory_reads), "levels": {}}
+    out: Json = {"levels": {}}
+    if plan.idle_baseline:
+        model.idle_action_now()
+        out["no_users"] = memory_now(sampler, plan.memory_reads)
     held: list[tuple[str, str, str]] = []
 
     retried: list[str] = []
