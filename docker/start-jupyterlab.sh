@@ -77,6 +77,8 @@ if ! [[ "$idle_timeout" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
   exit 2
 fi
 
+sessions_db="${HOME:-/home/jovyan}/.local/share/jupyter/skg-sessions.db"
+
 # Spawned by JupyterHub (KnativeSpawner, KubeSpawner): the hub-authenticated single-user server, same options.
 if [[ -n "${JUPYTERHUB_API_TOKEN:-}" ]]; then
   launcher=(jupyterhub-singleuser)
@@ -95,6 +97,10 @@ cmd=(
   --ServerApp.kernel_websocket_connection_class=skg_jupyter.IdleClosingGatewayWebSocketConnection
   --ServerApp.kernel_manager_class=skg_jupyter.CachingGatewayMappingKernelManager
   --ServerApp.kernel_spec_manager_class=skg_jupyter.CachingGatewayKernelSpecManager
+  # Scaled to zero and started again, the server finds its notebooks' kernels (and their state) on the
+  # gateway: sessions are kept on the user's volume, and kernels are not deleted when the server stops.
+  --ServerApp.session_manager_class=skg_jupyter.AdoptingGatewaySessionManager
+  "--SessionManager.database_filepath=${sessions_db}"
   "--IdleClosingGatewayWebSocketConnection.idle_timeout=${idle_timeout}"
 )
 if [[ -n "$token" ]]; then
@@ -112,4 +118,5 @@ if [[ "$dry_run" == "1" ]]; then
   printf '\n'
   exit 0
 fi
+mkdir -p "$(dirname "$sessions_db")"
 exec "${cmd[@]}"

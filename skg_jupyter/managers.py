@@ -13,7 +13,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from jupyter_server.gateway.managers import GatewayKernelSpecManager, GatewayMappingKernelManager
+from jupyter_server.gateway.gateway_client import gateway_request
+from jupyter_server.gateway.managers import (
+    GatewayKernelSpecManager,
+    GatewayMappingKernelManager,
+    GatewaySessionManager,
+)
+from jupyter_server.utils import url_escape, url_path_join
+from tornado.escape import json_decode
+from traitlets import Bool
 
 from .traffic import KernelLink
 from .types import KernelLinks
@@ -22,7 +30,22 @@ Model = dict[str, Any]
 
 
 class CachingGatewayMappingKernelManager(GatewayMappingKernelManager):
-    """Set with ``--ServerApp.kernel_manager_class=skg_jupyter.CachingGatewayMappingKernelManager``."""
+    """Set with ``--ServerApp.kernel_manager_class=skg_jupyter.CachingGatewayMappingKernelManager``.
+
+    Also keeps the user's kernels across a restart of this server. The stock manager deletes every kernel on
+    the gateway when the server stops (``shutdown_all``) and knows only the kernels it started itself; with a
+    stateless gateway a kernel *is* the notebook's checkpointed state, and this server is stopped whenever
+    Knative scales it to zero or a hub culls it. So it leaves them on the gateway (which evicts idle ones to its
+    store by itself) and adopts the gateway's kernels it does not know yet, so that sessions kept in a
+    persistent ``SessionManager.database_filepath`` find their kernels again.
+    """
+
+    shutdown_kernels_on_exit = Bool(
+        False,
+        config=True,
+        help="Delete every kernel on the gateway when this server stops (jupyter_server's behaviour). Off: "
+        "they stay, with their state, for the next server of this user.",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
@@ -71,6 +94,49 @@ class CachingGatewayMappingKernelManager(GatewayMappingKernelManager):
     def remove_kernel(self, kernel_id: str) -> Any:
         self._forget(kernel_id)
         return super().remove_kernel(kernel_id)  # type: ignore[no-untyped-call]
+
+    async def shutdown_all(self, now: bool = False) -> None:  # type: ignore[override]
+        if self.shutdown_kernels_on_exit:
+            await super().shutdown_all(now=now)  # type: ignore[no-untyped-call]
+            return
+        kept = list(self._kernels)
+        for kernel_id in kept:
+            self.remove_kernel(kernel_id)
+        if kept:
+            self.log.info("Left %d kernel(s) on the gateway for the next server: %s", len(kept), ", ".join(kept))
+
+    async def adopt(self, kernel_id: str | None = None) -> None:
+        """Take the gateway's kernels this server does not know (those of an earlier server of this user)."""
+        response = await gateway_request(self.kernels_url, method="GET")
+        for model in json_decode(response.body):
+            kid = str(model.get("id", ""))
+            if not kid or kid in self._kernels or (kernel_id is not None and kid != kernel_id):
+                continue
+            km = self.kernel_manager_factory(parent=self, log=self.log)
+            km.kernel_id = kid
+            km.kernel_url = url_path_join(self.kernels_url, url_escape(kid))
+            km.kernel = model
+            self._kernels[kid] = km
+            self.log.info("Adopted kernel %s from the gateway", kid)
+        self._forget()
+
+
+class AdoptingGatewaySessionManager(GatewaySessionManager):
+    """Set with ``--ServerApp.session_manager_class=skg_jupyter.AdoptingGatewaySessionManager``.
+
+    A session row whose kernel this server does not know is checked against the gateway before it is taken
+    for culled: after a restart, the kernel is usually still there.
+    """
+
+    async def kernel_culled(self, kernel_id: str) -> bool:
+        manager = self.kernel_manager
+        if kernel_id not in manager and isinstance(manager, CachingGatewayMappingKernelManager):
+            try:
+                await manager.adopt(kernel_id)
+            except Exception as exc:  # the gateway is unreachable: the stock answer (culled) stands
+                self.log.warning("Could not ask the gateway for kernel %s: %s", kernel_id, exc)
+        culled: bool = await super().kernel_culled(kernel_id)
+        return culled
 
 
 class CachingGatewayKernelSpecManager(GatewayKernelSpecManager):

@@ -45,6 +45,7 @@ c.Spawner.args = [
     "--ServerApp.kernel_websocket_connection_class=skg_jupyter.IdleClosingGatewayWebSocketConnection",
     "--ServerApp.kernel_manager_class=skg_jupyter.CachingGatewayMappingKernelManager",
     "--ServerApp.kernel_spec_manager_class=skg_jupyter.CachingGatewayKernelSpecManager",
+    "--ServerApp.session_manager_class=skg_jupyter.AdoptingGatewaySessionManager",
 ]
 if os.geteuid() == 0:
     c.Spawner.args.append("--allow-root")  # demos and CI run as root; every server runs as this same user
