@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         description="Modules imported (not bound) into warm kernels ahead of use, when installed: first imports "
         "and restores that need them are then instant. Costs memory per pooled kernel.",
     )
+    kernel_launch: Literal["auto", "fork", "exec"] = Field(
+        "auto",
+        description="How kernels of --kernel-name start: forked from a preloaded zygote (memory shared, ready in "
+        "milliseconds), or exec'd. auto forks unless the sandbox gives each kernel a uid of its own "
+        "(docs/security.md).",
+    )
     checkpoint_timeout: float = Field(120.0, gt=0, description="Seconds a checkpoint or restore may take.")
     lease_ttl: float = Field(
         15.0,

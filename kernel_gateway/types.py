@@ -102,6 +102,9 @@ class ManagerSettings(Protocol):
     def preload_modules(self) -> list[str]: ...
 
     @property
+    def kernel_launch(self) -> str: ...
+
+    @property
     def checkpoint_timeout(self) -> float: ...
 
     @property

@@ -26,8 +26,24 @@ def host_pid(connection_file: str, timeout: float = 10.0) -> int:
             launcher = bool(cmdline) and os.path.basename(cmdline[0]) in ("bwrap", "setpriv")
             if connection_file in cmdline and "ipykernel_launcher" in " ".join(cmdline) and not launcher:
                 return int(proc.pid)
+        forked = _listening_in(Path(connection_file).parent)
+        if forked is not None:
+            return forked
         time.sleep(0.1)
     raise LookupError(f"no kernel process with {connection_file}")
+
+
+def _listening_in(directory: Path) -> int | None:
+    """The process with a Unix socket in ``directory``: a kernel forked from the zygote has the zygote's command
+    line, but only the kernel binds the sockets in its directory."""
+    prefix = str(directory) + "/"
+    for proc in psutil.process_iter():
+        try:
+            if any(str(c.laddr).startswith(prefix) for c in proc.net_connections(kind="unix")):
+                return int(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return None
 
 
 def kernel_dir(connection_file: str) -> Path:

@@ -11,7 +11,7 @@ import re
 import shutil
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import zmq.asyncio
@@ -19,8 +19,10 @@ import zmq.asyncio
 from notebook_state.checkpoint import Checkpointer, run_in_kernel
 
 from ..types import ManagerSettings
+from .forked import ZygoteClient, ZygoteGone
 from .kernel import Kernel
 from .launch import kernel_environment, start_kernel
+from .options import sandbox_options
 from .sandbox import Sandbox, SandboxKind, SandboxOptions, UidPool, detect
 
 log = logging.getLogger(__name__)
@@ -30,32 +32,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 MemoryLimits = Callable[[str], int]
 """The address-space limit in bytes for a tenant's kernels (0: none)."""
-
-
-def scratch_parent() -> str | None:
-    """/dev/shm when it has room: kernels' sockets and checkpoint hand-overs then never touch a disk."""
-    shm = Path("/dev/shm")
-    try:
-        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * 1024**3:
-            return str(shm)
-    except OSError:
-        pass
-    return None
-
-
-def sandbox_options(settings: ManagerSettings) -> SandboxOptions:
-    hidden = [settings.data_dir.resolve()]
-    if settings.tenants_file is not None:
-        hidden.append(settings.tenants_file.resolve())
-    return SandboxOptions(
-        mode=settings.sandbox,
-        tmp_size=int(settings.sandbox_tmp_size),
-        binds=tuple(p.resolve() for p in settings.sandbox_bind),
-        hidden=(*hidden, Path("/etc/shadow"), Path("/etc/gshadow")),
-        network=settings.sandbox_network,
-        uid_base=settings.sandbox_uid_base,
-        uid_count=settings.sandbox_uid_count,
-    )
 
 
 class KernelFactory:
@@ -72,8 +48,12 @@ class KernelFactory:
         self._options = sandbox_options(settings)
         self._sandbox: Sandbox | None = None
         self._detecting = asyncio.Lock()
+        # How the sandbox is found out: replica.py may have started the probe before the service's imports.
+        self.detect: Callable[[SandboxOptions, Path], Awaitable[Sandbox]] = detect
         self._uids = UidPool(self._options.uid_base, self._options.uid_count)
         self._kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
+        self._zygote: asyncio.Task[ZygoteClient | None] | None = None
+        self._zygote_uid: int | None = None
 
     async def sandbox(self) -> Sandbox:
         """What isolates this replica's kernels, found out on first use (and logged: a weak one loudly)."""
@@ -83,24 +63,57 @@ class KernelFactory:
                     # Kernels with uids of their own must reach their own directory, never list the others.
                     self.runtime_dir.chmod(0o711)
                 probe = self.runtime_dir / f"probe-{uuid.uuid4().hex[:8]}"
-                self._sandbox = await detect(self._options, probe)
+                self._sandbox = await self.detect(self._options, probe)
                 shutil.rmtree(probe, ignore_errors=True)
                 if self._sandbox.kind is SandboxKind.BWRAP:
                     log.info("kernel sandbox: %s", self._sandbox.detail)
                 else:
                     log.warning("kernel sandbox is weak: %s (see docs/security.md)", self._sandbox.detail)
+                if fork_kernels(self.settings.kernel_launch, self._sandbox):
+                    self._zygote = asyncio.get_running_loop().create_task(self._start_zygote(self._sandbox))
             return self._sandbox
+
+    async def _start_zygote(self, sandbox: Sandbox) -> ZygoteClient | None:
+        """The replica's kernel zygote (``zygote.py``); None (kernels are exec'd) when it cannot start."""
+        uid = self._uids.take() if sandbox.own_uid else None
+        env = kernel_environment(
+            os.environ, self.env_prefix, self.settings.allowed_kernel_env_prefix, self.settings.kernel_env_allow
+        )
+        config = {
+            "isolate": sandbox.kind is SandboxKind.BWRAP, "network": self._options.network,
+            "tmp_size": self._options.tmp_size, "preload": list(self.settings.preload_modules),
+        }  # fmt: skip
+        try:
+            prefix = sandbox.zygote_prefix(self.runtime_dir, uid)
+            zygote = await ZygoteClient.start(prefix, env, config, self.settings.kernel_startup_timeout)
+        except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+            log.error("kernel zygote did not start, kernels are exec'd: %r", exc)
+            return None
+        self._zygote_uid = uid
+        log.info("kernel zygote: pid %s, ready in %.2fs, preloaded %s", zygote.ready.get("pid"),
+                 zygote.ready.get("seconds", 0), ", ".join(zygote.ready.get("loaded", [])))  # fmt: skip
+        return zygote
+
+    async def zygote(self) -> ZygoteClient | None:
+        """The running zygote when kernels of the default kernelspec are forked, else None (exec'd)."""
+        if self._zygote is None:
+            return None
+        zygote = await asyncio.shield(self._zygote)
+        return zygote if zygote is not None and zygote.alive else None
 
     def _take_uid(self) -> int:
         self._uids.used = {k.uid for k in self._kernels if k.uid is not None and k.km.has_kernel}
         return self._uids.take()
 
-    async def start(self, name: str, env: Mapping[str, str] | None) -> Kernel:
+    async def start(self, name: str, env: Mapping[str, str] | None, preload: bool = True) -> Kernel:
+        """A ready kernel; ``preload=False`` leaves the heavy modules out (a restore's first kernel: its first
+        result does not wait for them, and the restore imports what its state needs)."""
         settings = self.settings
         sandbox = await self.sandbox()
         kernel_dir = self.runtime_dir / str(uuid.uuid4())
         kernel_dir.mkdir(mode=0o700)
-        uid = self._take_uid() if sandbox.own_uid else None
+        zygote = await self.zygote() if name == settings.kernel_name else None
+        uid = self._zygote_uid if zygote is not None else self._take_uid() if sandbox.own_uid else None
         if uid is not None:
             os.chown(kernel_dir, uid, uid)
         full_env = kernel_environment(
@@ -112,10 +125,18 @@ class KernelFactory:
             cwd = kernel_dir
         full_env.update(env or {})
         try:
-            kernel = await start_kernel(
-                name, self.context, kernel_dir, full_env, settings.kernel_startup_timeout,
-                sandbox.prefix(kernel_dir, uid), uid, cwd,
-            )  # fmt: skip
+            try:
+                prefix = [] if zygote is not None else sandbox.prefix(kernel_dir, uid)
+                kernel = await start_kernel(
+                    name, self.context, kernel_dir, full_env, settings.kernel_startup_timeout, prefix, uid, cwd,
+                    zygote,
+                )  # fmt: skip
+            except ZygoteGone as exc:
+                log.warning("kernel zygote unavailable, exec'ing this kernel: %s", exc)
+                kernel = await start_kernel(
+                    name, self.context, kernel_dir, full_env, settings.kernel_startup_timeout,
+                    sandbox.prefix(kernel_dir, uid), uid, cwd,
+                )  # fmt: skip
         except BaseException:
             shutil.rmtree(kernel_dir, ignore_errors=True)
             raise
@@ -126,18 +147,23 @@ class KernelFactory:
         try:
             if settings.checkpoint:
                 await self.checkpointer.install(kernel, settings.kernel_startup_timeout)
-            if settings.preload_modules:
-                # Imported, not bound: a session's first `import pandas` (or a restore that needs it) is instant.
-                names = tuple(settings.preload_modules)
-                code = (
-                    f"[__import__('importlib').import_module(m) for m in {names!r} "
-                    "if __import__('importlib.util').util.find_spec(m)]"
-                )
-                await run_in_kernel(kernel, code, settings.kernel_startup_timeout)
+            if preload and not kernel.forked:  # a forked kernel has them from the zygote
+                await self.preload(kernel)
         except Exception:
             await kernel.shutdown(now=True)
             raise
         return kernel
+
+    async def preload(self, kernel: Kernel) -> None:
+        """Import the preloaded modules. Imported, not bound: a session's first `import pandas` (or a restore
+        that needs it) is instant."""
+        if self.settings.preload_modules:
+            names = tuple(self.settings.preload_modules)
+            code = (
+                f"[__import__('importlib').import_module(m) for m in {names!r} "
+                "if __import__('importlib.util').util.find_spec(m)]"
+            )
+            await run_in_kernel(kernel, code, self.settings.kernel_startup_timeout)
 
     def allowed_env(self, env: Mapping[str, str]) -> dict[str, str]:
         """The variables a frontend may set in its kernel: KERNEL_* (configurable prefix), valid names."""
@@ -167,3 +193,23 @@ class KernelFactory:
 
     def close(self) -> None:
         self.context.destroy(linger=0)
+        if self._zygote is not None:
+            if self._zygote.done() and not self._zygote.cancelled() and self._zygote.result() is not None:
+                zygote = self._zygote.result()
+                assert zygote is not None
+                zygote.kill()
+            else:
+                self._zygote.cancel()
+
+
+def fork_kernels(launch: str, sandbox: Sandbox) -> bool:
+    """Whether kernels of the default kernelspec are forked from a zygote (``--kernel-launch``).
+
+    auto forks where that isolates kernels as well as exec'ing them does: bubblewrap without uids of their own
+    (forked kernels share the zygote's uid), or no sandbox at all. ``fork`` asks for it wherever namespaces
+    or nothing isolate kernels; a sandbox of uids alone always execs."""
+    if launch == "exec" or sandbox.kind is SandboxKind.UID:
+        return False
+    if launch == "fork":
+        return True
+    return not sandbox.own_uid

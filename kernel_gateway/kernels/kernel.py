@@ -62,6 +62,7 @@ class Kernel:
         self.exit_code: int | None = None
         self.uid: int | None = None  # the uid of its own it runs as, when the sandbox gives it one
         self.memory_limit: int | None = None  # bytes of address space the kernel may use, once set
+        self.forked = False  # forked from the replica's zygote (its preloaded modules come with it)
         self.state = KernelState.STARTING
         self.listener: KernelListener | None = None
         self._session = km.session

@@ -12,6 +12,7 @@ from typing import Any
 import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 
+from .forked import ForkProvisioner, ZygoteClient
 from .kernel import Kernel
 
 ALLOWED_NAMES = frozenset(
@@ -94,8 +95,11 @@ async def start_kernel(
     launch_prefix: list[str] | None = None,
     kernel_uid: int | None = None,
     cwd: Path | None = None,
+    zygote: ZygoteClient | None = None,
 ) -> Kernel:
-    """Start a kernel of kernelspec ``name`` whose files all live in ``kernel_dir``; wait until it is ready."""
+    """Start a kernel of kernelspec ``name`` whose files all live in ``kernel_dir``; wait until it is ready.
+
+    With ``zygote``, the kernel is forked from it (``forked.py``) instead of exec'd behind ``launch_prefix``."""
     # IPC (Unix sockets in the kernel's own directory): no TCP ports, no other user can connect, a sandbox
     # sees its own sockets only, and a round trip is cheaper than over loopback TCP.
     km = SandboxedKernelManager(
@@ -109,10 +113,17 @@ async def start_kernel(
     )
     # The process dies with the service's process group only if we ask; jupyter_client restarts are ours.
     km.autorestart = False
-    if launch_prefix and km.kernel_spec is not None:
+    if zygote is not None:
+        km.kernel_id = kernel_dir.name
+        km.provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        km.provisioner.zygote = zygote
+        km.provisioner.kernel_dir = kernel_dir
+        km.provisioner.fork_timeout = timeout
+    if (launch_prefix or zygote is not None) and km.kernel_spec is not None:
         # A signal would reach the sandbox's own processes first (bubblewrap dies of SIGINT, taking the kernel
         # with it); ipykernel interrupts itself on an interrupt_request instead.
         km.kernel_spec.interrupt_mode = "message"
     kernel = Kernel(km, name, kernel_dir.name, kernel_dir)
+    kernel.forked = zygote is not None
     await kernel.start(env, timeout, cwd)
     return kernel

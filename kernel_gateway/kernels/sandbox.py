@@ -76,6 +76,16 @@ class Sandbox:
             argv += make_bwrap_argv(self.bwrap, kernel_dir, self.options, userns, own_uid=uid is not None)
         return argv
 
+    def zygote_prefix(self, runtime_dir: Path, uid: int | None) -> list[str]:
+        """The command that runs the kernel zygote: kernels forked from it isolate themselves inside it."""
+        argv: list[str] = []
+        if uid is not None:
+            argv += make_setpriv_argv(uid, keep_bwrap=self.kind is SandboxKind.BWRAP)
+        if self.kind is SandboxKind.BWRAP and self.bwrap is not None:
+            userns = os.geteuid() != 0 or uid is not None
+            argv += make_bwrap_argv(self.bwrap, runtime_dir, self.options, userns, uid is not None, zygote=True)
+        return argv
+
 
 def make_setpriv_argv(uid: int, keep_bwrap: bool) -> list[str]:
     """Drop to ``uid`` (its own group, no supplementary groups, no way back up through setuid binaries)."""
@@ -102,19 +112,28 @@ def _under(path: str, parents: Iterable[str]) -> bool:
 
 
 def make_bwrap_argv(
-    bwrap: str, kernel_dir: Path, options: SandboxOptions, userns: bool, own_uid: bool = False
+    bwrap: str, kernel_dir: Path, options: SandboxOptions, userns: bool, own_uid: bool = False, zygote: bool = False
 ) -> list[str]:
     """The bubblewrap command line for one kernel. Paths only: no secret is ever on a command line.
 
     ``own_uid``: the kernel runs as a uid of its own, so what only the service's user may read (its home, as
     a rule) stays unreadable without hiding it; a home others may read is hidden all the same.
+    ``zygote``: the command line of the kernel zygote (``zygote.py``), whose forked kernels make namespaces of
+    their own inside it (``isolate.py``): so it may create user namespaces, sees the whole runtime directory
+    (``kernel_dir`` is that directory) and the host's /proc (over which each kernel mounts its own), and, as
+    root, keeps CAP_SETFCAP to map its kernels' uid 0. It runs no user code.
     """
     size = str(options.tmp_size)
-    argv = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    argv += ["--unshare-user", "--disable-userns"] if userns else ["--cap-drop", "ALL"]
-    if not options.network:
+    argv = [bwrap, "--die-with-parent", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if not zygote:
+        argv.insert(2, "--unshare-pid")
+    if userns:
+        argv += ["--unshare-user"] if zygote else ["--unshare-user", "--disable-userns"]
+    else:
+        argv += ["--cap-drop", "ALL", *(["--cap-add", "CAP_SETFCAP"] if zygote else [])]
+    if not options.network and not zygote:
         argv.append("--unshare-net")
-    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", *(["--bind", "/proc", "/proc"] if zygote else ["--proc", "/proc"])]
     private = ["/tmp", "/dev/shm"]
     for path in private:
         argv += ["--perms", "1777", "--size", size, "--tmpfs", path]
@@ -137,9 +156,12 @@ def make_bwrap_argv(
         elif secret.exists():
             argv += ["--ro-bind", "/dev/null", str(secret)]
     runtime = kernel_dir.parent
-    if not _under(str(runtime), private):
+    if zygote:
+        argv += ["--bind", str(kernel_dir), str(kernel_dir)]
+    elif not _under(str(runtime), private):
         argv += ["--tmpfs", str(runtime)]  # every other kernel's directory
-    argv += ["--bind", str(kernel_dir), str(kernel_dir)]
+    if not zygote:
+        argv += ["--bind", str(kernel_dir), str(kernel_dir)]
     # ipykernel exits when its parent's pid changes or is 1, as it is in a pid namespace; bwrap's
     # --die-with-parent ties the kernel's life to the service's instead.
     argv += ["--unsetenv", "JPY_PARENT_PID", "--setenv", "HOME", "/tmp", "--chdir", "/tmp", "--"]

@@ -1,0 +1,220 @@
+"""The service's side of the kernel zygote (``zygote.py``): starting it, asking it for kernels, and a
+jupyter_client provisioner whose process is a forked kernel, so that the manager polls, signals, kills and
+waits it as it would a kernel it launched itself (connection file, IPC sockets and shutdown stay
+jupyter_client's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+log = logging.getLogger(__name__)
+
+_LINE_LIMIT = 1 << 20
+
+
+class ZygoteGone(RuntimeError):
+    """The zygote is not running (never started, or exited): kernels are exec'd instead."""
+
+
+class ForkedProcess:
+    """A forked kernel, as much of ``subprocess.Popen`` as jupyter_client's LocalProvisioner uses.
+
+    It is the zygote's grandchild, not the service's child: its exit status comes from the zygote, and
+    signals go through a pidfd so that a recycled pid is never signalled."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:  # already gone: its exit is on its way from the zygote
+            self._pidfd = None
+        self._exited = asyncio.Event()
+
+    def exited(self, status: int) -> None:
+        if self.returncode is None:
+            self.returncode = status
+            self._exited.set()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+    async def wait_async(self) -> int | None:
+        await self._exited.wait()
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is not None or self._pidfd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+class ZygoteClient:
+    """One zygote process per replica, started once and early; forks kernels on request."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, ready: dict[str, Any]) -> None:
+        self.proc = proc
+        self.ready = ready
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._kernels: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(
+        cls, prefix: Sequence[str], env: Mapping[str, str], config: Mapping[str, Any], timeout: float
+    ) -> ZygoteClient:
+        argv = [*prefix, sys.executable, "-m", "kernel_gateway.kernels.zygote", json.dumps(dict(config))]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=dict(env),
+            limit=_LINE_LIMIT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            ready: dict[str, Any] = json.loads(line) if line else {}
+            if not ready.get("ready"):
+                raise ZygoteGone(f"the kernel zygote did not start (exit {await proc.wait()})")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        return cls(proc, ready)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self._reader.done()
+
+    async def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, kernel_dir: Path,
+                   timeout: float) -> ForkedProcess:  # fmt: skip
+        if not self.alive:
+            raise ZygoteGone("the kernel zygote has exited")
+        rid = next(self._ids)
+        request = {"id": rid, "argv": list(argv), "env": dict(env), "cwd": cwd, "kernel_dir": str(kernel_dir)}
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            assert self.proc.stdin is not None
+            async with self._lock:
+                self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+                await self.proc.stdin.drain()
+            reply = await asyncio.wait_for(fut, timeout)
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise ZygoteGone(f"the kernel zygote has exited: {exc}") from exc
+        finally:
+            self._waiting.pop(rid, None)
+        if "error" in reply:
+            raise RuntimeError(f"the kernel zygote could not fork a kernel: {reply['error']}")
+        process = ForkedProcess(int(reply["pid"]))
+        status = self._early_exits.pop(process.pid, None)
+        if status is not None:
+            process.exited(status)
+        else:
+            self._kernels[process.pid] = process
+        return process
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                msg = json.loads(line)
+                if "exit" in msg:
+                    process = self._kernels.pop(int(msg["exit"]), None)
+                    if process is not None:
+                        process.exited(int(msg["status"]))
+                    else:  # its fork reply is still on its way
+                        self._early_exits[int(msg["exit"])] = int(msg["status"])
+                elif msg.get("id") is not None:
+                    fut = self._waiting.get(int(msg["id"]))
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+        except (ValueError, OSError) as exc:
+            log.error("kernel zygote: unreadable answer: %s", exc)
+        finally:
+            # Without the zygote its kernels are dead (parent-death signal): say so to whoever waits.
+            for process in self._kernels.values():
+                process.exited(-signal.SIGKILL)
+            self._kernels.clear()
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(ZygoteGone("the kernel zygote has exited"))
+            if not self._closing:
+                status = self.proc.returncode
+                log.error("kernel zygote exited (%s), its kernels with it; new kernels are exec'd", status)
+
+    def kill(self) -> None:
+        """Stop the zygote at once; its kernels die with it (parent-death signal)."""
+        self._closing = True
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+class ForkProvisioner(LocalProvisioner):
+    """LocalProvisioner whose kernel is forked from the zygote instead of exec'd."""
+
+    zygote: ZygoteClient | None = None
+    kernel_dir: Path | None = None
+    fork_timeout: float = 60.0
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        assert self.zygote is not None and self.kernel_dir is not None
+        argv = cmd[cmd.index("ipykernel_launcher") + 1 :] if "ipykernel_launcher" in cmd else cmd[1:]
+        env = kwargs.get("env") or {}
+        cwd = kwargs.get("cwd")
+        process = await self.zygote.fork(argv, env, str(cwd) if cwd else None, self.kernel_dir, self.fork_timeout)
+        self.process = process  # type: ignore[assignment]  # as much of Popen as LocalProvisioner uses
+        self.pid = process.pid
+        self.pgid = None  # signals go to the kernel alone, through its pidfd
+        self.cwd = cwd or "/tmp"
+        return self.connection_info
+
+    async def wait(self) -> int | None:
+        process = self.process
+        if isinstance(process, ForkedProcess):
+            status = await process.wait_async()
+            self.process = None
+            return status
+        return await super().wait()

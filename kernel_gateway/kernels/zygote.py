@@ -1,0 +1,268 @@
+"""The kernel zygote: one process per replica that imports what every kernel needs (ipykernel, IPython, the
+capture module, the preload modules) once, then forks each new kernel from itself, so that those pages are
+shared copy-on-write and a kernel is ready in a fraction of a cold start.
+
+``python -m kernel_gateway.kernels.zygote CONFIG`` (CONFIG: JSON, paths and sizes only) runs inside the
+zygote's sandbox. It reads fork requests as JSON lines on stdin and answers on stdout:
+
+- ``{"id": n, "argv": [...], "env": {...}, "cwd": dir, "kernel_dir": dir}`` -> ``{"id": n, "pid": p}`` (the
+  kernel's pid as the service sees it) or ``{"id": n, "error": why}``;
+- when a kernel exits: ``{"exit": p, "status": s}`` (``s`` as ``Popen.returncode``: negative for a signal).
+
+Fork safety: the zygote starts no thread and initialises nothing (no zmq context, no IPython shell); gc is
+frozen before the first fork so that collections do not write to the shared pages. It reaps its children.
+A kernel dies with the zygote (parent-death signal), and the zygote with the service (stdin closes; bubblewrap's
+--die-with-parent).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+from . import isolate
+
+_HANDSHAKE_TIMEOUT = 10.0
+PRELOADED = (
+    "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.iostream", "ipykernel.comm",
+    "IPython", "IPython.core.interactiveshell", "IPython.core.completer", "jupyter_client.session",
+    "zmq", "zmq.eventloop.zmqstream", "tornado.ioloop", "notebook_state.capture", "kernel_gateway.kernels.memory_guard",
+    # ipykernel's debugger (debugpy, pydevd: ~120 modules) is imported by every kernel at start
+    "ipykernel.debugger", "debugpy.server.api", "pydevd", "IPython.core.debugger", "pdb", "xmlrpc.client",
+    "http.server", "pydoc", "faulthandler",
+)  # fmt: skip
+"""Imported by every kernel: preloaded whatever the settings say."""
+
+
+class Zygote:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.isolate: bool = config["isolate"]
+        self.network: bool = config["network"]
+        self.tmp_size: int = config["tmp_size"]
+        self.pid = os.getpid()
+        self.uid, self.gid = os.geteuid(), os.getegid()
+        self.kernels: dict[
+            int, int
+        ] = {}  # the child the zygote forked -> the kernel's pid (the same without isolation)
+
+    # -- the zygote's side -------------------------------------------------------------------------------
+
+    def fork(self, request: dict[str, Any]) -> dict[str, Any]:
+        from_child, to_zygote = os.pipe()
+        from_zygote, to_child = os.pipe()
+        try:
+            child = os.fork()
+        except OSError:
+            for fd in (from_child, to_zygote, from_zygote, to_child):
+                os.close(fd)
+            raise
+        if child == 0:
+            os.close(from_child)
+            os.close(to_child)
+            self._child(request, to_zygote, from_zygote)  # never returns
+        os.close(to_zygote)
+        os.close(from_zygote)
+        try:
+            if self.isolate:
+                if _read(from_child, 1) != b"u":
+                    raise OSError("the kernel did not make its namespaces")
+                isolate.write_id_maps(child, self.uid, self.gid)
+                os.write(to_child, b"k")
+            answer = _read(from_child, 4096)
+            if not answer.startswith(b"P"):
+                raise OSError(answer[1:].decode(errors="replace") or "the kernel exited while starting")
+            pid = int(answer[1:])
+        except (OSError, ValueError) as exc:
+            os.kill(child, signal.SIGKILL)
+            return {"id": request["id"], "error": str(exc)}
+        finally:
+            os.close(from_child)
+            os.close(to_child)
+        self.kernels[child] = pid
+        return {"id": request["id"], "pid": pid}
+
+    def reap(self) -> list[dict[str, Any]]:
+        exits = []
+        while True:
+            try:
+                child, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if child == 0:
+                break
+            pid = self.kernels.pop(child, None)
+            if pid is not None:
+                exits.append({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+        return exits
+
+    # -- the child's side --------------------------------------------------------------------------------
+
+    def _child(self, request: dict[str, Any], to_zygote: int, from_zygote: int) -> None:
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            isolate.die_with_parent(self.pid)
+            _plain_fds(keep=(to_zygote, from_zygote))
+            if self.isolate:
+                isolate.unshare(self.network)
+                os.write(to_zygote, b"u")
+                if os.read(from_zygote, 1) != b"k":
+                    os._exit(1)
+                isolate.private_mounts(request["kernel_dir"], self.tmp_size)
+                alive_r, alive_w = os.pipe()
+                kernel = os.fork()
+                if kernel != 0:
+                    os.write(to_zygote, f"P{kernel}".encode())
+                    os.close(to_zygote)
+                    _mirror(kernel)  # never returns
+                os.close(alive_w)
+                os.close(to_zygote)
+                os.close(from_zygote)
+                isolate.die_with_parent_pipe(alive_r)
+                isolate.seal(self.network)
+            else:
+                os.write(to_zygote, f"P{os.getpid()}".encode())
+                os.close(to_zygote)
+                os.close(from_zygote)
+        except BaseException as exc:
+            try:
+                os.write(to_zygote, b"E" + f"{type(exc).__name__}: {exc}".encode()[:2000])
+            finally:
+                os._exit(127)
+        _become_kernel(request, self.isolate)
+
+
+def _answer(zygote: Zygote, line: bytes) -> dict[str, Any]:
+    """One request's answer; a request that fails (a fork refused: no memory, too many processes) fails alone."""
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        return {"id": None, "error": f"unreadable request: {exc}"}
+    try:
+        return zygote.fork(request)
+    except (OSError, KeyError, TypeError) as exc:
+        return {"id": request.get("id") if isinstance(request, dict) else None, "error": repr(exc)}
+
+
+def _read(fd: int, size: int) -> bytes:
+    ready, _, _ = select.select([fd], [], [], _HANDSHAKE_TIMEOUT)
+    if not ready:
+        raise OSError("the kernel did not answer in time")
+    return os.read(fd, size)
+
+
+def _plain_fds(keep: tuple[int, ...]) -> None:
+    """stdin from /dev/null, stdout to the zygote's stderr (the service's log), nothing else of the zygote's:
+    least of all its control pipes."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(2, 1)
+    os.close(null)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
+def _mirror(kernel: int) -> None:
+    """Wait for the kernel and exit as it did, so that the zygote (and the service) learn its status."""
+    _, status = os.waitpid(kernel, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig != signal.SIGKILL:
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _become_kernel(request: dict[str, Any], isolated: bool) -> None:
+    code = 1
+    try:
+        env = {k: v for k, v in request["env"].items() if k != "JPY_PARENT_PID"}
+        if isolated:  # as bubblewrap sets it for an exec'd kernel: its private /tmp
+            env["HOME"] = "/tmp"
+        os.environ.clear()
+        os.environ.update(env)
+        cwd = request.get("cwd") or ("/tmp" if isolated else None)
+        if cwd:
+            os.chdir(cwd)
+        numpy_random = sys.modules.get("numpy.random")
+        if numpy_random is not None:
+            numpy_random.seed()  # the zygote's seed is every kernel's otherwise
+        sys.argv = ["ipykernel_launcher", *request["argv"]]
+        from ipykernel.kernelapp import IPKernelApp
+
+        IPKernelApp.launch_instance()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _preload(modules: list[str]) -> list[str]:
+    loaded = []
+    for name in (*PRELOADED, *modules):
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception:  # a preload that fails is imported by the kernel itself, as without a zygote
+            pass
+    return loaded
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    started = time.perf_counter()
+    loaded = _preload(config.get("preload", []))
+    threads = len(os.listdir("/proc/self/task"))
+    gc.collect()
+    gc.freeze()  # the preloaded objects are never collected: a collection in a kernel does not touch their pages
+    zygote = Zygote(config)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    out = sys.stdout
+    ready = {"ready": True, "pid": zygote.pid, "threads": threads, "loaded": loaded}
+    ready["seconds"] = round(time.perf_counter() - started, 3)
+    out.write(json.dumps(ready) + "\n")
+    out.flush()
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0, wake_r], [], [])
+        replies: list[dict[str, Any]] = []
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        if 0 in readable:
+            data = os.read(0, 65536)
+            if not data:
+                return  # the service is gone; the kernels follow (parent-death signal)
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            replies += [_answer(zygote, line) for line in lines if line.strip()]
+        replies += zygote.reap()
+        if replies:
+            out.write("".join(json.dumps(r) + "\n" for r in replies))
+            out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Kernels forked from the replica's zygote (--kernel-launch fork), as real processes: they run cells with the
+preloaded modules already there, are interrupted, restarted and killed like exec'd kernels, die with the
+service, and are isolated from each other and from the service as exec'd kernels are (the sandbox tests of
+tests/test_sandbox.py run here again with kernels exec'd, so both launches are proven; auto forks here).
+Memory shared with the zygote is measured by the benchmark (skg-bench), not here."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from kernel_gateway.kernels.factory import fork_kernels
+from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, make_bwrap_argv
+from tests.kernel_process import CONNECTION_FILE, alive, host_pid
+from tests.service import Service, running_service, start_service
+from tests.test_sandbox import (  # noqa: F401  (the same tests, against exec'd kernels: the fixture below)
+    CANARY,
+    test_a_kernel_cannot_signal_or_read_the_service,
+    test_a_kernel_sees_no_other_kernels_connection_file_or_socket,
+    test_tmp_is_private_and_the_service_files_are_hidden,
+    two_kernels,
+)
+
+
+def run(svc: Service, code: str, session: str | None = None) -> dict[str, Any]:
+    body = {"code": code, **({"session": session} if session else {})}
+    reply: dict[str, Any] = httpx.post(f"{svc.url}/execute", json=body, timeout=120).json()
+    return reply
+
+
+def value(reply: dict[str, Any]) -> Any:
+    assert reply["status"] == "ok", reply
+    text = next(o for o in reply["outputs"] if o["output_type"] == "execute_result")["data"]["text/plain"]
+    return ast.literal_eval(text)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture(scope="module")
+def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """test_sandbox's tests imported above run against this: kernels exec'd, as before the zygote."""
+    env = {"SANDBOX_CANARY": CANARY}
+    with running_service(tmp_path_factory.mktemp("exec"), ["--pool-size", "2", "--kernel-launch", "exec"],
+                         env=env) as svc:  # fmt: skip
+        yield svc
+        assert not any("kernel zygote: pid" in line for line in svc.log)
+
+
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("fork"), ["--pool-size", "1", "--kernel-launch", "fork"]) as svc:
+        yield svc
+
+
+def zygote_of(svc: Service) -> psutil.Process:
+    line = next(line for line in svc.log if "kernel zygote: pid" in line)
+    return psutil.Process(int(line.split("kernel zygote: pid ")[1].split(",")[0]))
+
+
+def kernel_pid(svc: Service, session: str) -> int:
+    return host_pid(value(run(svc, CONNECTION_FILE, session)))
+
+
+def test_a_forked_kernel_has_the_preloaded_modules_and_a_seed_of_its_own(forked: Service) -> None:
+    probe = "import sys, random, numpy; ('pandas' in sys.modules, random.random(), numpy.random.random())"
+    first, second = run(forked, probe), run(forked, probe)
+    (preloaded, r1, n1), (_, r2, n2) = value(first), value(second)
+    assert preloaded  # imported by the zygote, never by the session
+    assert r1 != r2 and n1 != n2  # each fork reseeded: no two kernels draw the same numbers
+    zygote = zygote_of(forked)
+    pid = kernel_pid(forked, first["session"])
+    assert zygote.pid in [p.pid for p in psutil.Process(pid).parents()]
+    matrix = "import numpy; a = numpy.arange(250000.0).reshape(500, 500); float((a @ a.T).trace())"
+    assert value(run(forked, matrix, first["session"])) == pytest.approx(float(sum(i * i for i in range(250000))))
+
+
+def test_a_forked_kernel_is_interrupted_restarted_and_replaced_when_killed(forked: Service) -> None:
+    session = run(forked, "x = 41")["session"]
+    box: dict[str, dict[str, Any]] = {}
+    slow = threading.Thread(target=lambda: box.update(r=run(forked, "import time; time.sleep(120)", session)))
+    slow.start()
+    state = lambda: httpx.get(f"{forked.url}/api/kernels/{session}", timeout=30).json()["execution_state"]  # noqa: E731
+    wait_for(lambda: state() == "busy")
+    assert httpx.post(f"{forked.url}/api/kernels/{session}/interrupt", timeout=30).status_code == 204
+    slow.join(60)
+    assert box["r"]["status"] == "error" and box["r"]["error"]["ename"] == "KeyboardInterrupt", box
+    assert value(run(forked, "x + 1", session)) == 42  # interrupted, not restarted
+
+    before = kernel_pid(forked, session)
+    assert httpx.post(f"{forked.url}/api/kernels/{session}/restart", timeout=60).status_code == 200
+    wait_for(lambda: not alive(before))
+    assert value(run(forked, "1 + 1", session)) == 2
+    after = kernel_pid(forked, session)
+    assert after != before
+
+    os.kill(after, signal.SIGKILL)
+    wait_for(lambda: run(forked, "2 + 2", session).get("status") == "ok")
+    assert kernel_pid(forked, session) != after
+    zygote = zygote_of(forked)
+    wait_for(lambda: not [c for c in zygote.children() if c.status() == psutil.STATUS_ZOMBIE])  # reaped
+
+
+def test_a_forked_kernel_has_no_capabilities_and_cannot_undo_its_sandbox(forked: Service) -> None:
+    probe = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def errno(result):
+    return os.strerror(ctypes.get_errno()) if result != 0 else "done"
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+runtime = os.path.dirname(os.path.dirname(__import__("sys").argv[__import__("sys").argv.index("-f") + 1]))
+(status["CapEff"].strip(), status["CapBnd"].strip(), status["NoNewPrivs"].strip(),
+ errno(libc.unshare(0x10000000)), errno(libc.umount2(runtime.encode(), 2)), errno(libc.umount2(b"/proc", 2)),
+ errno(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)), os.getpid(), len(os.listdir(runtime)))
+"""
+    cap_eff, cap_bnd, no_new_privs, userns, umount_runtime, umount_proc, mount, pid, kernels = value(run(forked, probe))
+    assert int(cap_eff, 16) == 0 and int(cap_bnd, 16) == 0 and no_new_privs == "1"
+    assert userns != "done" and umount_runtime != "done" and umount_proc != "done" and mount != "done"
+    assert pid == 1 and kernels == 1  # its own pid namespace; of the runtime directory only its own
+
+
+def test_forked_kernels_die_with_the_service(tmp_path: Path) -> None:
+    service = start_service(tmp_path, ["--pool-size", "2", "--kernel-launch", "fork"])
+    try:
+        session_kernel = kernel_pid(service, value_session(service))
+        wait_for(lambda: len(zygote_of(service).children()) >= 3)  # the session's kernel and the pool's two
+        zygote = zygote_of(service)
+        everything = [zygote.pid, *(p.pid for p in zygote.children(recursive=True))]
+        assert session_kernel in everything
+    finally:
+        os.kill(service.proc.pid, signal.SIGKILL)
+        service.proc.wait(30)
+    wait_for(lambda: not any(alive(pid) for pid in everything))
+
+
+def test_without_the_zygote_kernels_are_execd(tmp_path: Path) -> None:
+    with running_service(tmp_path, ["--pool-size", "0", "--kernel-launch", "fork"]) as service:
+        session = value_session(service)
+        zygote = zygote_of(service)
+        forked = kernel_pid(service, session)
+        zygote.kill()
+        wait_for(lambda: not alive(forked))  # its kernels die with it
+        reply = run(service, "import sys; sys.argv")
+        assert any("ipykernel_launcher" in part for part in value(reply))
+        execd = kernel_pid(service, reply["session"])
+        assert "ipykernel_launcher" in " ".join(psutil.Process(execd).cmdline())  # exec'd, not forked
+        assert any("new kernels are exec'd" in line for line in service.log)
+
+
+def value_session(svc: Service) -> str:
+    reply = run(svc, "1")
+    assert reply["status"] == "ok", reply
+    return str(reply["session"])
+
+
+def test_auto_forks_where_that_isolates_as_well_as_exec() -> None:
+    options = SandboxOptions()
+    bwrap = Sandbox(SandboxKind.BWRAP, "", options, "/usr/bin/bwrap")
+    own_uid = Sandbox(SandboxKind.BWRAP, "", options, "/usr/bin/bwrap", own_uid=True)
+    uid = Sandbox(SandboxKind.UID, "", options, None, own_uid=True)
+    none = Sandbox(SandboxKind.NONE, "", options)
+    assert [fork_kernels("auto", s) for s in (bwrap, own_uid, uid, none)] == [True, False, False, True]
+    assert [fork_kernels("fork", s) for s in (bwrap, own_uid, uid, none)] == [True, True, False, True]
+    assert not any(fork_kernels("exec", s) for s in (bwrap, own_uid, uid, none))
+
+
+def test_the_zygote_sandbox_lets_kernels_make_namespaces_of_their_own(tmp_path: Path) -> None:
+    kernel = make_bwrap_argv("bwrap", tmp_path / "k1", SandboxOptions(), userns=True)
+    zygote = make_bwrap_argv("bwrap", tmp_path, SandboxOptions(), userns=True, zygote=True)
+    assert "--disable-userns" in kernel and "--disable-userns" not in zygote and "--unshare-user" in zygote
+    assert "--unshare-pid" in kernel and "--unshare-pid" not in zygote  # each forked kernel makes its own
+    at = zygote.index("--bind", zygote.index("/proc") - 2)
+    assert zygote[at : at + 3] == ["--bind", "/proc", "/proc"]  # a full /proc: each kernel mounts its own on it
+    assert zygote[zygote.index(str(tmp_path)) - 1] == "--bind"  # the runtime directory: kernels bind their own
+    as_root = make_bwrap_argv("bwrap", tmp_path, SandboxOptions(), userns=False, zygote=True)
+    assert as_root[as_root.index("--cap-add") + 1] == "CAP_SETFCAP"  # to map a kernel's uid 0, nothing else
+    assert "--die-with-parent" in zygote
