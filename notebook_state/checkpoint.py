@@ -21,8 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 from .errors import CheckpointError
-from .handover import MAX_BYTES, off_loop, read_capture_async, read_json, take_auto_async
+from .handover import (
+    MAX_BYTES,
+    HandOverRejected,
+    off_loop,
+    read_capture_async,
+    read_json,
+    read_reply,
+    take_auto_async,
+)
 from .signing import Signer, VerificationError
 from .store import Commit, Fence, SessionRecord, StateStore, StoreUnavailable
 from .types import JSONDict, KernelLink, StateObserver
@@ -103,6 +113,12 @@ class SessionCheckpoints:
     last: CheckpointOutcome | None = None
     committed_count: int = 0  # the execution count of the last checkpoint that committed
     uncertain: bool = False  # a commit was sent and its answer lost: it may have landed
+    # What the last cell's execute_reply carried (its checkpoint, when small): set at every reply, so that it is
+    # never taken for a later cell's.
+    offered: object | None = None
+
+    def offer(self, found: object | None) -> None:
+        self.offered = found
 
 
 async def run_in_kernel(kernel: KernelLink, code: str, timeout: float) -> None:
@@ -131,6 +147,9 @@ class Checkpointer:
 
     max_handover_bytes = MAX_BYTES
     """The largest checkpoint a kernel may hand over: it is read into the service's memory."""
+    reply_handover = False
+    """Kernels hand small checkpoints over in their execute_replies: whoever reads the replies takes them out
+    (``notebook_state.types.REPLY_KEY``) and gives them to ``SessionCheckpoints.offer``."""
 
     def kernel_dir(self, kernel: KernelLink) -> Path:
         """The kernel's own directory: a sandboxed kernel sees this one and no other kernel's."""
@@ -141,7 +160,10 @@ class Checkpointer:
 
     async def install(self, kernel: KernelLink, timeout: float) -> None:
         """Load the capture module into a new kernel, writing each cell's checkpoint into its auto dir."""
-        code = f"__import__('notebook_state.capture').capture.install(auto_dir={str(self.auto_dir(kernel))!r})"
+        code = (
+            f"__import__('notebook_state.capture').capture.install(auto_dir={str(self.auto_dir(kernel))!r}, "
+            f"reply={self.reply_handover!r})"
+        )
         await run_in_kernel(kernel, code, timeout)
 
     def forget(self, kernel: KernelLink) -> None:
@@ -171,7 +193,7 @@ class Checkpointer:
         started = time.perf_counter()
         for full in (False, True):
             try:
-                taken = None if full else await self._take_auto(kernel)
+                taken = None if full else self._take_offered(state) or await self._take_auto(kernel)
                 manifest, blobs = taken or await self._capture(kernel, full)
             except (CheckpointError, TimeoutError, OSError, ValueError) as exc:
                 outcome = CheckpointOutcome(CheckpointStatus.FAILED, error=f"checkpoint failed: {exc}")
@@ -191,10 +213,9 @@ class Checkpointer:
         for key in [k for k in state.unsent if k not in referenced]:
             # Superseded before it was sent (the store was unreachable): only the latest checkpoint is kept.
             del state.unsent[key]
-        envelope = json.dumps(
-            {"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: state.macs[k] for k in referenced}},
-            separators=(",", ":"),
-        ).encode()
+        envelope = _dumps(
+            {"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: state.macs[k] for k in referenced}}
+        )
         sig = self.signer.sign(session_id, envelope)
         count = manifest.get("execution_count")
         record.execution_count = int(count) if isinstance(count, int) else record.execution_count
@@ -268,6 +289,16 @@ class Checkpointer:
         if state.last is not None and state.last.status is CheckpointStatus.PENDING:
             state.last.status = CheckpointStatus.COMMITTED
         return True
+
+    def _take_offered(self, state: SessionCheckpoints) -> tuple[JSONDict, dict[str, bytes]] | None:
+        found, state.offered = state.offered, None
+        if found is None:
+            return None
+        try:
+            return read_reply(found, self.max_handover_bytes)
+        except HandOverRejected as exc:  # as for a bad hand-over directory: a full checkpoint is asked for
+            log.warning("a kernel's reply carried a checkpoint that is not accepted: %s", exc)
+            return None
 
     async def _take_auto(self, kernel: KernelLink) -> tuple[JSONDict, dict[str, bytes]] | None:
         return await take_auto_async(self.auto_dir(kernel), self.max_handover_bytes, self.timeout)
@@ -343,6 +374,13 @@ class Checkpointer:
             seconds=time.perf_counter() - started,
             process=dict(report.get("process") or {}),
         )
+
+
+def _dumps(document: JSONDict) -> bytes:
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:  # what orjson refuses (integers past 64 bits) the standard library writes
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _write_restore(in_dir: Path, manifest: JSONDict, blobs: dict[str, list[bytes]]) -> None:

@@ -6,11 +6,13 @@ file far too big to hold, or a name such as ``../x``. So every file is opened re
 directory, without following links and without blocking, and read only when it is a regular file with a single
 link, within a byte budget checked before and while reading; all of it runs off the event loop under a
 timeout. The service signs only what passes: a kernel can make it sign nothing but its own regular files.
+A small checkpoint comes instead inside the cell's reply (``read_reply``), checked the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -142,6 +144,37 @@ def read_json(directory: Path, name: str, limit: int = MAX_BYTES) -> JSONDict:
     if value is None:
         raise CheckpointError(f"the kernel wrote no {name}")
     return value
+
+
+def read_reply(found: object, limit: int = MAX_BYTES) -> Capture:
+    """The checkpoint a kernel handed over in a cell's ``execute_reply`` (``capture.outbox``): ``{"manifest":
+    {...}, "blobs": {gid: base64}}``, or ``{"errors": {...}}``. Checked as strictly as files: every blob the
+    manifest says was written is there, nothing else is, names are plain, and the whole fits the budget."""
+    if not isinstance(found, dict):
+        raise HandOverRejected("the reply's checkpoint is not an object")
+    errors = found.get("errors")
+    if errors is not None:
+        raise CheckpointError(capture_error(errors if isinstance(errors, dict) else {"error": str(errors)}))
+    manifest, encoded = found.get("manifest"), found.get("blobs")
+    if not isinstance(manifest, dict) or not isinstance(encoded, dict):
+        raise HandOverRejected("the reply's checkpoint has no manifest")
+    groups = manifest.get("groups", {})
+    if not isinstance(groups, dict):
+        raise HandOverRejected("the manifest's groups are not an object")
+    written = {gid for gid, g in groups.items() if isinstance(g, dict) and g.get("written")}
+    if written != encoded.keys():
+        raise HandOverRejected("the reply's blobs are not those its manifest says were written")
+    budget = _Budget(limit)
+    blobs: dict[str, bytes] = {}
+    for gid, data in encoded.items():
+        if not _NAME.match(gid) or not isinstance(data, str):
+            raise HandOverRejected(f"hand-over blob {gid!r} is not allowed")
+        budget.take(len(data) * 3 // 4, gid)
+        try:
+            blobs[gid] = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise HandOverRejected(f"hand-over blob {gid!r} is not base64") from None
+    return manifest, blobs
 
 
 def _remove(dir_fd: int, name: str) -> None:

@@ -35,6 +35,11 @@ class Persistence:
     def last(self) -> CheckpointOutcome | None:
         return self.state.last
 
+    def offer(self, found: object | None) -> None:
+        """What the last cell's execute_reply carried under ``types.REPLY_KEY`` (None: nothing): its checkpoint,
+        taken by the next ``after_cell`` instead of a hand-over directory."""
+        self.state.offer(found)
+
     async def after_cell(self, kernel: KernelLink) -> CheckpointOutcome:
         """Capture what the cell changed and commit it; LeaseLost if another replica owns the session now."""
         if self.lost:

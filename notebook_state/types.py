@@ -36,3 +36,7 @@ class StateObserver(Protocol):
     def checkpointed(self, written_bytes: int, seconds: float, committed: bool) -> None: ...
 
     def restored(self, seconds: float) -> None: ...
+
+
+REPLY_KEY = "notebook_state.checkpoint"
+"""The ``execute_reply`` metadata key under which a kernel hands over a small checkpoint (``capture.outbox``)."""

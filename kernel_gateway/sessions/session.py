@@ -11,9 +11,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
 
+import orjson
+
 from notebook_state.checkpoint import CheckpointOutcome, CheckpointStatus, RestoreReport
 from notebook_state.errors import LeaseLost
 from notebook_state.persistence import Persistence
+from notebook_state.types import REPLY_KEY
 
 from ..kernels.kernel import Kernel, KernelState
 from ..types import Channel, JSONDict, KernelMessage, Subscriber
@@ -98,6 +101,8 @@ class Session:
 
     def on_kernel_message(self, msg: KernelMessage) -> None:
         self.last_activity = time.time()
+        if msg.channel is Channel.SHELL and msg.msg_type == "execute_reply":
+            self._take_checkpoint(msg)
         self.cells.observe(msg)
         if msg.channel is Channel.IOPUB:
             if msg.msg_type == "status":
@@ -109,6 +114,15 @@ class Session:
         if self.acks.hold(msg):
             return
         self._dispatch(msg)
+
+    def _take_checkpoint(self, msg: KernelMessage) -> None:
+        """A cell's small checkpoint rides in its execute_reply (``capture.outbox``): out of the reply before
+        any frontend sees it, and to this session's persistence; None there when the reply had none."""
+        found = msg.metadata.pop(REPLY_KEY, None)
+        if found is not None and msg.raw is not None:
+            msg.raw = [msg.raw[0], msg.raw[1], orjson.dumps(msg.metadata), msg.raw[3]]
+        if self.persistence is not None:
+            self.persistence.offer(found)
 
     def _dispatch(self, msg: KernelMessage) -> None:
         if msg.channel is Channel.IOPUB:

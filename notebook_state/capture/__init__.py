@@ -1,7 +1,8 @@
 """Kernel-side capture and restore of a notebook's namespace.
 
 Runs INSIDE the ipykernel process and imports nothing from the service (``kernel_gateway``) or the rest of
-``notebook_state``: the kernel never holds service secrets. The service calls, in silent executes::
+``notebook_state`` but the constants of ``notebook_state.types``: the kernel never holds service secrets. The
+service calls, in silent executes::
 
     __import__('notebook_state.capture').capture.install()       # once, right after the kernel starts
     __import__('notebook_state.capture').capture.checkpoint(dir) # after each cell
@@ -9,7 +10,8 @@ Runs INSIDE the ipykernel process and imports nothing from the service (``kernel
 
 Modules: ``analysis`` (what a cell could touch), ``groups`` (alias groups), ``hashing``, ``serialize`` (blob
 format), ``replay`` (unserialisable variables), ``tracker`` (events + incremental checkpoint) and ``restorer``
-(restore; not named ``restore``, which would shadow the function below once imported). Process state that is not
+(restore; not named ``restore``, which would shadow the function below once imported), ``outbox`` (where a
+checkpoint goes: files, or the cell's reply). Process state that is not
 a variable (random generators, ``sys.path``, IPython and library settings) goes through the hook registry of
 ``hooks`` (built-ins in ``hooks_runtime``, ``hooks_random``, ``hooks_ipython``, ``hooks_history``,
 ``hooks_libraries``, ``hooks_matplotlib``), run by ``process_state``. docs/process-state.md describes it.
@@ -23,6 +25,7 @@ import os
 import traceback
 from typing import Any
 
+from .outbox import REPLY_KEY, REPLY_LIMIT
 from .tracker import Tracker
 
 __all__ = ["checkpoint", "install", "restore", "tracker_of"]
@@ -67,19 +70,45 @@ def _unregister(shell: Any, tracker: Tracker) -> None:
             shell.events.unregister(event, callback)
 
 
-def install(shell: Any = None, auto_dir: str | None = None, process: bool = True) -> None:
+def install(shell: Any = None, auto_dir: str | None = None, process: bool = True, reply: bool = False) -> None:
     """Install the tracker on ``shell`` (``get_ipython()`` by default). Idempotent.
 
     With ``auto_dir``, every cell's checkpoint is written into ``auto_dir/<seq>/`` as the cell ends (in
-    post_run_cell, before the kernel replies), so the service needs no extra request to get it.
+    post_run_cell, before the kernel replies), so the service needs no extra request to get it. With ``reply``
+    too (an ipykernel kernel), a small checkpoint travels instead in the metadata of the cell's
+    ``execute_reply``, under ``notebook_state.types.REPLY_KEY``: whoever reads the replies must take it out.
     ``process=False`` checkpoints variables only, none of the process state of ``hooks`` (benchmarks compare).
     """
     from . import tracker as tracker_module
 
+    shell = _shell(shell)
     if auto_dir is not None:
         os.makedirs(auto_dir, mode=0o700, exist_ok=True)
         tracker_module.AUTO_DIR = auto_dir
+        kernel = getattr(shell, "kernel", None)
+        if reply and kernel is not None and hasattr(kernel, "finish_metadata"):
+            _reply_with_checkpoints(shell, kernel)
+            tracker_module.AUTO_REPLY_LIMIT = REPLY_LIMIT
     tracker_of(shell).process.enabled = process
+
+
+def _reply_with_checkpoints(shell: Any, kernel: Any) -> None:
+    # ipykernel asks ``finish_metadata`` for the metadata of every execute_reply, right after the cell ran (and
+    # so after post_run_cell): its documented place for what a reply adds.
+    original = kernel.finish_metadata
+    if getattr(original, "_notebook_state", False):
+        return
+
+    def finish_metadata(parent: Any, metadata: dict[str, Any], reply_content: Any) -> dict[str, Any]:
+        metadata = original(parent, metadata, reply_content)
+        tracker = getattr(shell, _ATTR, None)
+        found = tracker.take_reply() if isinstance(tracker, Tracker) else None
+        if found is not None:
+            metadata[REPLY_KEY] = found
+        return metadata
+
+    finish_metadata._notebook_state = True  # type: ignore[attr-defined]
+    kernel.finish_metadata = finish_metadata
 
 
 def checkpoint(out_dir: str, shell: Any = None, *, full: bool = False) -> None:

@@ -9,6 +9,7 @@ name is a candidate.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import types
 from collections.abc import Iterable
@@ -155,6 +156,23 @@ def analyse_cell(source: str) -> CellAnalysis:
         return CellAnalysis(conservative=True, reason=f"does not parse: {exc}")
     names, dynamic, quiet = _all_names(tree)
     return CellAnalysis(names, bool(dynamic), dynamic, statements_of(source, tree), quiet and not dynamic)
+
+
+_CACHED_SOURCE_CHARS = 16 * 1024
+
+
+@functools.lru_cache(maxsize=128)
+def _analysed(source: str) -> CellAnalysis:
+    return analyse_cell(source)
+
+
+def analyse_cell_again(source: str) -> CellAnalysis:
+    """``analyse_cell``, remembered for small cells: notebooks and programs run the same cells again and again.
+    A copy each time, as callers set its flags."""
+    if len(source) > _CACHED_SOURCE_CHARS:
+        return analyse_cell(source)
+    cell = _analysed(source)
+    return dataclasses.replace(cell, names=set(cell.names), statements=list(cell.statements))
 
 
 # -- globals reached through notebook functions -------------------------------------------------------------

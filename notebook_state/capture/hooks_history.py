@@ -15,12 +15,14 @@ lost with its size.
 from __future__ import annotations
 
 import itertools
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from .hooks import Context, Hook, Parts, Same, trait
+from .serialize import is_plain_data
 
 CHUNK = 16
 IN_CHUNK_BYTES = 4096
@@ -145,7 +147,8 @@ INPUTS = Hook(
 def _record(value: Any, by_id: dict[int, str]) -> tuple[str, Any]:
     error = ""
     try:
-        size = len(cloudpickle.dumps(value, protocol=5))
+        plain = is_plain_data(value, 64)  # the C pickler: most outputs are numbers and strings
+        size = len(pickle.dumps(value, protocol=5) if plain else cloudpickle.dumps(value, protocol=5))
     except Exception as exc:
         size, error = -1, f"{type(exc).__name__}: {exc}"
     if 0 <= size <= OUT_VALUE_LIMIT:

@@ -10,7 +10,7 @@ from typing import Any
 
 import xxhash
 
-from .serialize import load_bytes, serialize
+from .serialize import is_plain_data, load_bytes, serialize
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def to_inline(value: Any, plain: bool, ns: dict[str, Any]) -> Any:
     chunk costs nothing to encode), ``p:`` + base64 of a plain pickle, or ``b:`` + base64 of a blob."""
     if plain and _json(value, 3):
         return {"json": value}
-    if plain:
+    if plain or is_plain_data(value):
         return "p:" + base64.b64encode(pickle.dumps(value, protocol=5)).decode("ascii")
     blob = b"".join(bytes(chunk) for chunk in serialize({"state": value}, ns).chunks())
     return "b:" + base64.b64encode(blob).decode("ascii")

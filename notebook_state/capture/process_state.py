@@ -36,8 +36,9 @@ from . import (
 )
 from .analysis import CellAnalysis
 from .hooks import Context, Hook, Parts, each_cell_hooks, register_builtin, registered
+from .outbox import Outbox
 from .process_parts import Entry, entry, from_inline, part_gid, to_inline
-from .serialize import load_blob, serialize, serialize_data, write_blob
+from .serialize import load_blob, serialize, serialize_data
 
 _ALWAYS = object()
 
@@ -115,7 +116,7 @@ class ProcessState:
     # -- checkpoint -------------------------------------------------------------------------------------------
 
     def capture(
-        self, out_dir: str, full: bool = False, user_ids: dict[str, int] | None = None
+        self, out: Outbox, full: bool = False, user_ids: dict[str, int] | None = None
     ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         """Capture what moved; return the manifest's process groups and its ``process`` section."""
         if not self.enabled:
@@ -153,7 +154,7 @@ class ProcessState:
             ctx = self._context(hook, full=full, user_ids=shared.user_ids)
             ctx.previous = None if full or last is _ALWAYS else last
             ctx.fingerprint = None if fp is _ALWAYS else fp
-            self._capture_hook(hook, ctx, fp, out_dir, written)
+            self._capture_hook(hook, ctx, fp, out, written)
         if self._groups is None:
             self._groups = {e.gid: e.record for parts in self.entries.values() for e in parts.values()}
         groups = self._groups
@@ -162,7 +163,7 @@ class ProcessState:
         # Returned as they are (no copies): the manifest is written out before the next capture changes them.
         return groups, {"lost": self.lost, "inline": self.inline}
 
-    def _capture_hook(self, hook: Hook, ctx: Context, fp: Any, out_dir: str, written: set[str]) -> None:
+    def _capture_hook(self, hook: Hook, ctx: Context, fp: Any, out: Outbox, written: set[str]) -> None:
         name = hook.name
         old = self.entries.get(name, {})
         try:
@@ -197,7 +198,7 @@ class ProcessState:
             gid = part_gid(name, part)
             previous = old.get(part)
             if ctx.full or previous is None or previous.hash != ser.hash:
-                write_blob(os.path.join(out_dir, f"{gid}.bin"), ser)
+                out.put(gid, ser)
                 written.add(gid)
             new[part] = (
                 previous

@@ -234,8 +234,37 @@ def _dump(pickler_cls: Any, objs: dict[str, Any], ns: dict[str, Any], serializer
     return _finish(serializer, out.getbuffer(), buffers)
 
 
+_PLAIN_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
+_PLAIN_CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
+
+
+def is_plain_data(value: Any, budget: int = 256) -> bool:
+    """Whether ``value`` is built-in data only (numbers, strings, and containers of them), within ``budget``
+    objects: it pickles the same with or without cloudpickle, and the C pickler does it several times faster."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t in _PLAIN_ATOMS:
+            continue
+        if t not in _PLAIN_CONTAINERS:
+            return False
+        budget -= len(v) + 1
+        if budget < 0:
+            return False
+        if t is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        else:
+            stack.extend(v)
+    return True
+
+
 def serialize(objs: dict[str, Any], ns: dict[str, Any]) -> Serialized:
-    """cloudpickle first, dill if cloudpickle fails; raises the cloudpickle error if both fail."""
+    """cloudpickle first, dill if cloudpickle fails; raises the cloudpickle error if both fail. Small built-in
+    data (most cells' counters and history tails) goes through the C pickler, to the same bytes."""
+    if is_plain_data(objs):
+        return serialize_data(objs)
     try:
         return _dump(NamespacePickler, objs, ns, "cloudpickle")
     except Exception as first:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -10,18 +9,21 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from .analysis import analyse_cell, reached_names, statements_of
+from .analysis import analyse_cell_again, reached_names, statements_of
 from .groups import AliasIndex, reachable_ids, skip_ids
 from .hashing import group_id
+from .outbox import Outbox, write_json
 from .process_state import ProcessState
 from .replay import Binding, kind_of, plan
-from .serialize import serialize, write_blob
+from .serialize import serialize
 
 FORMAT = 1
 MAX_CHAIN = 50
 # Where post_run_cell writes each cell's checkpoint (set by ``install``): the service picks it up once the
 # cell's reply arrives, so a checkpoint costs no extra round trip to the kernel.
 AUTO_DIR: str | None = None
+# Blob bytes a cell's checkpoint may carry in its execute_reply (``install(reply=True)`` sets it): 0, files only.
+AUTO_REPLY_LIMIT = 0
 _STAMP = 100_000  # statements kept per name for replay (augmented assignments accumulate)
 
 
@@ -57,6 +59,8 @@ class Tracker:
         self._before: dict[str, int] = {}
         self._after: dict[str, int] | None = None
         self.executions = self._executions_seen = 0  # every execute (silent ones too), and as of the last cell
+        self.reply: dict[str, Any] | None = None  # the last cell's checkpoint, for its execute_reply
+        self._underscored: set[str] = set()  # names of the namespace known to start with "_" (never user names)
         # Process state (random generators, sys.path, IPython, libraries) outlives a reset of the variables.
         process = getattr(self, "process", None)
         self.process = process if isinstance(process, ProcessState) else ProcessState(shell)
@@ -70,10 +74,23 @@ class Tracker:
         return not (name in hidden and self.ns.get(name) is hidden[name])
 
     def _ids(self) -> dict[str, int]:
-        """Identity of every candidate user name. One pass, skipping ``_`` names cheaply: with history on,
-        IPython adds ``_i<n>``/``_<n>`` for every cell, so the namespace grows with the session."""
-        hidden = self.shell.user_ns_hidden
-        return {n: id(v) for n, v in self.ns.items() if n and n[0] != "_" and not (n in hidden and v is hidden[n])}
+        """Identity of every candidate user name.
+
+        IPython adds ``_i<n>`` and ``_<n>`` to the namespace for every cell, so it grows with the session to
+        thousands of names, none a user name: those seen once are set aside and dropped in one C-level set
+        difference, and only the rest are looked at one by one."""
+        ns, hidden, underscored = self.ns, self.shell.user_ns_hidden, self._underscored
+        if len(underscored) > 2 * len(ns) + 64:  # names deleted since: start over rather than grow
+            underscored.clear()
+        ids: dict[str, int] = {}
+        for n in ns.keys() - underscored:
+            if not n or n[0] == "_":
+                underscored.add(n)
+                continue
+            v = ns[n]
+            if not (n in hidden and v is hidden[n]):
+                ids[n] = id(v)
+        return ids
 
     def user_names(self) -> set[str]:
         return set(self._ids())
@@ -87,7 +104,7 @@ class Tracker:
             self.process.ensure_baseline()  # once, before the notebook's first cell
             self._before = self._after if self._after is not None else self._ids()
             source = getattr(info, "transformed_cell", None) or self.shell.transform_cell(info.raw_cell or "")
-            cell = analyse_cell(source)
+            cell = analyse_cell_again(source)
             cell.magics = "run_line_magic" in source
             # Code run since the last cell (a frontend's silent execute) may have changed anything.
             cell.quiet = cell.quiet and self.executions == self._executions_seen + 1
@@ -139,42 +156,61 @@ class Tracker:
         except Exception as exc:
             self.conservative = True
             self.errors.append(f"post_run_cell: {_error(exc)}")
+        self.reply = None
         if AUTO_DIR is not None:
             out = os.path.join(AUTO_DIR, f"{self.seq:010d}")
-            try:
-                os.mkdir(out, 0o700)
-            except OSError as exc:
-                self.errors.append(f"auto checkpoint: {_error(exc)}")
-                return
-            self.checkpoint(out)
+            if not AUTO_REPLY_LIMIT:
+                try:
+                    os.mkdir(out, 0o700)
+                except OSError as exc:
+                    self.errors.append(f"auto checkpoint: {_error(exc)}")
+                    return
+            self.reply = self.checkpoint(out, outbox=Outbox(out, AUTO_REPLY_LIMIT), ids=self._after)
+
+    def take_reply(self) -> dict[str, Any] | None:
+        """The last cell's checkpoint, if it is to travel in the cell's reply; once."""
+        reply, self.reply = self.reply, None
+        return reply
 
     # -- checkpoint -------------------------------------------------------------------------------------
 
-    def checkpoint(self, out_dir: str, full: bool = False) -> None:
-        """Write the manifest (and changed blobs); never raises."""
+    def checkpoint(
+        self, out_dir: str, full: bool = False, outbox: Outbox | None = None, ids: dict[str, int] | None = None
+    ) -> dict[str, Any] | None:
+        """Write the manifest (and changed blobs) into ``out_dir``, or into ``outbox``, which may hold them for
+        the cell's reply instead: then they are returned. ``ids``: the namespace's identities, when just taken
+        (a namespace of thousands of names costs a pass). Never raises."""
         t0 = time.perf_counter()
         errors, self.errors = self.errors, []
+        out = outbox or Outbox(out_dir)
         try:
-            manifest = self._checkpoint(out_dir, full or self.conservative, full, errors)
-        except Exception as exc:
-            errors.append(f"checkpoint: {_error(exc)}; retried writing everything\n{traceback.format_exc()}")
-            self.__init__(self.shell)  # type: ignore[misc]
             try:
-                manifest = self._checkpoint(out_dir, True, True, errors)
-            except Exception as exc2:
+                manifest = self._checkpoint(out, full or self.conservative, full, errors, ids)
+            except Exception as exc:
+                errors.append(f"checkpoint: {_error(exc)}; retried writing everything\n{traceback.format_exc()}")
                 self.__init__(self.shell)  # type: ignore[misc]
-                errors.append(f"checkpoint: {_error(exc2)}\n{traceback.format_exc()}")
-                _write_json(os.path.join(out_dir, "errors.json"), {"errors": errors})
-                return
-        manifest["stats"]["seconds"] = round(time.perf_counter() - t0, 6)
-        _write_json(os.path.join(out_dir, "manifest.json"), manifest)
+                out = Outbox(out_dir)  # files only: what the first attempt held is superseded
+                try:
+                    manifest = self._checkpoint(out, True, True, errors, None)
+                except Exception as exc2:
+                    self.__init__(self.shell)  # type: ignore[misc]
+                    errors.append(f"checkpoint: {_error(exc2)}\n{traceback.format_exc()}")
+                    return out.finish("errors.json", {"errors": errors})
+            manifest["stats"]["seconds"] = round(time.perf_counter() - t0, 6)
+            return out.finish("manifest.json", manifest)
+        except OSError as exc:  # the directory could not be written: the service asks for a full one
+            self.errors.append(f"checkpoint: {_error(exc)}")
+            return None
 
-    def _checkpoint(self, out_dir: str, everything: bool, force: bool, errors: list[str]) -> dict[str, Any]:
+    def _checkpoint(
+        self, out: Outbox, everything: bool, force: bool, errors: list[str], user_ids: dict[str, int] | None
+    ) -> dict[str, Any]:
         ns = self.ns
-        current = self.user_names()
+        user_ids = self._ids() if user_ids is None else user_ids
+        current = set(user_ids)
         candidates = set(current) if everything else (self.pending & current) | (current - self.known)
         deleted = self.known - current
-        skip = skip_ids(ns, self.shell)
+        skip = skip_ids(ns, self.shell) if candidates else set()
         for name in deleted:
             self.modules.pop(name, None)
             self.unserialisable.pop(name, None)
@@ -214,17 +250,20 @@ class Tracker:
         stats = {"candidates": len(candidates), "hashed_bytes": 0, "written_bytes": 0, "seconds": 0.0}
         written: set[str] = set()
         for comp in components:
-            self._store(comp, out_dir, old, force, stats, written, errors)
+            self._store(comp, out, old, force, stats, written, errors)
         lost_now = {n for n in self.unserialisable if n not in current}
         for name in lost_now:
             self.unserialisable.pop(name)
-        restorable = set(self.name_gid) | set(self.modules) | (set(ns) - current)
-        replay, lost = plan(self.unserialisable, self.history, restorable, self.seqs, ns)
+        replay: dict[str, dict[str, str]] = {}
+        lost: dict[str, str] = {}
+        if self.unserialisable:  # the namespace's names, only when something needs replaying
+            restorable = set(self.name_gid) | set(self.modules) | (set(ns) - current)
+            replay, lost = plan(self.unserialisable, self.history, restorable, self.seqs, ns)
         self.known = current
         self.pending.clear()
         self.conservative = False
         try:
-            process, process_section = self.process.capture(out_dir, force, self._after or self._ids())
+            process, process_section = self.process.capture(out, force, user_ids)
         except Exception as exc:  # the variables' checkpoint stands; the service notices unstored parts
             process, process_section = {}, {}
             errors.append(f"process state: {_error(exc)}\n{traceback.format_exc()}")
@@ -248,7 +287,7 @@ class Tracker:
     def _store(
         self,
         names: set[str],
-        out_dir: str,
+        out: Outbox,
         old: dict[str, GroupState],
         force: bool,
         stats: dict[str, Any],
@@ -273,15 +312,15 @@ class Tracker:
             if not bad:
                 errors.append(f"{sorted(names)} fail together ({_error(exc)}); stored one by one, aliasing lost")
                 for name in sorted(names):
-                    self._store({name}, out_dir, old, force, stats, written, errors)
+                    self._store({name}, out, old, force, stats, written, errors)
             elif names - bad:
-                self._store(names - bad, out_dir, old, force, stats, written, errors)
+                self._store(names - bad, out, old, force, stats, written, errors)
             return
         gid = group_id(names)
         stats["hashed_bytes"] += ser.size
         previous = old.get(gid)
         if force or previous is None or previous.hash != ser.hash:
-            write_blob(os.path.join(out_dir, f"{gid}.bin"), ser)
+            out.put(gid, ser)
             stats["written_bytes"] += ser.size
             written.add(gid)
         self.groups[gid] = GroupState(tuple(sorted(names)), ser.hash, ser.size, ser.serializer)
@@ -313,8 +352,4 @@ class Tracker:
         self.pending = self.known - restored - replayed - modules
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=None, separators=(",", ":"), default=str)
-    os.replace(tmp, path)
+_write_json = write_json  # the restorer's report

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from kernel_gateway.app import create_app
 from kernel_gateway.settings import Settings
+from notebook_state.types import REPLY_KEY
 
 
 def settings(data_dir: Path) -> Settings:
@@ -98,7 +99,7 @@ def test_kernel_websocket_runs_a_cell_and_the_reply_follows_its_outputs(sync_cli
     kernel = sync_client.post("/api/kernels", json={}).json()
     with sync_client.websocket_connect(f"ws://localhost/api/kernels/{kernel['id']}/channels") as ws:
         header = {"msg_id": "m1", "msg_type": "execute_request", "session": "t", "username": "t", "version": "5.3"}
-        content = {"code": "print('ws')", "silent": False, "store_history": True, "user_expressions": {}}
+        content = {"code": "y = 5\nprint('ws')", "silent": False, "store_history": True, "user_expressions": {}}
         ws.send_text(orjson.dumps({"channel": "shell", "header": header, "parent_header": {}, "metadata": {},
                                    "content": content}).decode())  # fmt: skip
         seen: list[tuple[str, str]] = []
@@ -110,7 +111,11 @@ def test_kernel_websocket_runs_a_cell_and_the_reply_follows_its_outputs(sync_cli
             seen.append((msg["channel"], msg["msg_type"]))
             if msg["msg_type"] == "execute_reply":
                 assert msg["content"]["status"] == "ok"
+                # The cell's checkpoint rode in this reply to the service, which took it out and committed it.
+                assert REPLY_KEY not in msg["metadata"]
                 break
         assert ("iopub", "stream") in seen
         assert seen.index(("iopub", "stream")) < seen.index(("shell", "execute_reply"))
+    view = sync_client.get(f"/sessions/{kernel['id']}").json()
+    assert "y" in view["checkpoint"]["variables"] and view["checkpoint"]["execution_count"] == 1, view
     assert sync_client.delete(f"/api/kernels/{kernel['id']}").status_code == 204
