@@ -20,7 +20,7 @@ from loadtests.compare.activator import Fronts
 from loadtests.compare.locust_run import Row
 from loadtests.compare.plan import make_plan
 from loadtests.compare.procs import ProcessBackend, make_nginx_conf, nginx_binary
-from loadtests.compare.sampler import Sample
+from loadtests.compare.sampler import Sample, steady
 from loadtests.users.arrivals import phase_windows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +114,17 @@ def test_plans() -> None:
     assert full.idle_after > full.think * 1.5 + 2
     assert 3 * full.hour > full.idle_after + 2
     assert full.evict_idle_after < full.idle_after and full.idle_levels == (1, 10, 50)
+    # The full run must fit 15 minutes on 2 cores: three timelines are most of it.
+    assert 3 * full.timeline()[-1].end <= 450 and full.hold >= 30  # the slowest model absorbs its step in ~28 s
+
+
+def test_memory_readings_agree() -> None:
+    def at(pss: float, processes: int = 5) -> Sample:
+        return Sample(0.0, pss, 0.0, processes, 1)
+
+    assert steady([at(100.0), at(102.0), at(101.0)])
+    assert not steady([at(100.0), at(110.0), at(101.0)])  # still growing: a kernel starting, or evictions
+    assert not steady([at(100.0), at(100.0, 4), at(100.0)])  # a process came or went
 
 
 def _row(t: float, name: str, ms: float = 10.0, ok: bool = True, user: str = "0", kind: str = "") -> Row:

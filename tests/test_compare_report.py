@@ -13,7 +13,8 @@ import pytest
 
 from loadtests.compare.__main__ import build_report
 from loadtests.compare.locust_run import read_samples
-from loadtests.compare.report import STUDY, make_report, summary_rows
+from loadtests.compare.report import make_report
+from loadtests.compare.summary import STUDY, summary_rows
 
 DATA = Path(__file__).resolve().parent / "data" / "compare"
 PNG = b"\x89PNG\r\n\x1a\n"

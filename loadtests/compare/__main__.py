@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - began, 1)
+    results["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     build_report(out, results)
     log("compare", f"done in {results['wall_s']:.0f} s: {out / 'report.md'}")

@@ -17,6 +17,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,6 +163,9 @@ class Fronts:
         self.activators: list[Activator] = []
         self._closing = False
         self._loop = asyncio.new_event_loop()
+        # Starts and stops block a thread for seconds each; one user's must not queue behind another's (the
+        # default executor has cpu_count + 4 threads), as Knative starts and stops each pod on its own.
+        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="activator"))
         self._thread = threading.Thread(target=self._loop.run_forever, name="activators", daemon=True)
         self._thread.start()
         self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)

@@ -73,7 +73,7 @@ class GatewayModel(Model):
             "nginx (1 master + 1 worker)",
             f"{self.replicas} gateway replicas (skg serve, {self.pool_size} warm kernels each)",
             "redis-server",
-            "a Jupyter server per notebook user, pointed at the gateway (no kernels)",
+            "a Jupyter server per notebook user, pointed at the gateway (no kernels; skg_jupyter managers)",
         ]
         self.notes = [
             f"{self.replicas} replicas behind nginx {self.versions['nginx']} round robin (no stickiness); "
@@ -81,8 +81,16 @@ class GatewayModel(Model):
             f"stopped after {self.idle_after:g} s without traffic and started by its next request "
             "(stand-in for Knative's scale to zero, as in model b). A replica forwards to the owner of a session "
             "through the owner's front (as through its queue-proxy on a cluster), so that traffic keeps the owner "
-            "up; a stopped owner's address refuses, and the session is taken over from Redis.",
+            "up; a stopped owner's address refuses, and the session is taken over from Redis. Notebook users' "
+            "Jupyter server runs skg_jupyter's managers (as the README configures it) and is scaled to zero too; "
+            "its notebooks find their kernels again through its session database.",
         ]
+
+    @property
+    def settle_s(self) -> float:
+        # Idle kernels are evicted ``evict_idle_after`` after their last cell, found by a sweep every quarter
+        # of that; the readings that follow wait until the evictions are over.
+        return self.evict_idle_after * 1.25 + 0.5
 
     def close(self) -> None:
         if self.fronts is not None:
@@ -108,7 +116,7 @@ class GatewayModel(Model):
 
     def user_api(self, name: str) -> Api:
         if name.startswith("notebook") and self.notebook_front is not None:
-            return Api(self.notebook_front.url, self.token)
+            return Api(self.notebook_front.url, self.token, notebook=f"{name}.ipynb")
         return Api(self.nginx_url, self.token)
 
     def probe_apis(self) -> dict[str, str]:
@@ -119,8 +127,8 @@ class GatewayModel(Model):
         self.fronts.set_paused(not on)
 
     def idle_action_now(self) -> None:
-        # The notebook server first: jupyter_server shuts its kernels down on the gateway when it stops, and
-        # that request would wake a replica stopped before it.
+        # The notebook server first: a request it makes to the gateway as it stops would wake a replica
+        # stopped before it.
         assert self.fronts is not None and self.notebook_front is not None
         self.fronts.stop(self.notebook_front)
         self.fronts.stop_all()

@@ -33,6 +33,11 @@ class Model:
     components: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def settle_s(self) -> float:
+        """How long idle users wait before their memory is read: the model's own idle policy (none here)."""
+        return 0.0
+
     def start(self) -> None:
         raise NotImplementedError
 

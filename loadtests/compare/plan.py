@@ -32,8 +32,9 @@ class Plan:
     replicas: int = 2
     pool_size: int = 2
     notebook_path: bool = True  # also probe the gateway through a Jupyter server pointed at it
-    memory_reads: int = 3
+    memory_reads: int = 3  # consecutive readings, 1 s apart, that agree (same processes, PSS within 3 %)
     stop_timeout: float = 10.0
+    spawn_concurrency: int = 8  # idle users started at once (CPU bound on 2 cores: more only queues)
     idle_baseline: bool = True  # scale everything to zero first, for a 'no users' memory reading
 
     def timeline(self) -> list[Stage]:
@@ -79,26 +80,28 @@ def make_plan(quick: bool) -> Plan:
     # A day from 17:00 to 16:00 the next day: the evening, the night (everything idle), the morning's
     # returns, a three-hour lunch dip (those who leave are scaled to zero and come back), the afternoon.
     # The idle time is well above the longest think time plus the hub's activity reporting lag (~2 s), so the
-    # culler never takes an active user's server.
+    # culler never takes an active user's server; the lunch dip (3 hours) outlasts it, so leavers are culled.
+    # The steady window gives ~100 warm cells per model, the saturation window several hundred.
     return Plan(
         quick=False,
-        think=1.5,
+        think=1.0,
         users=6,
         peak=16,
-        ramp=12.0,
-        steady=25.0,
+        ramp=10.0,
+        steady=20.0,
         hold=30.0,
-        saturation=10.0,
+        saturation=8.0,
         day=DAY,
         day_first_hour=17,
         day_hours=23,
-        hour=3.5,
+        hour=3.0,
         day_peak=6,
-        idle_after=8.0,
+        idle_after=6.0,
         evict_idle_after=3.0,
         cold_reps=3,
         warm_reps=3,
         idle_levels=(1, 10, 50),
         state_checks=3,
         rest_seconds=12.0,
+        stop_timeout=6.0,
     )

@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from loadtests.compare.fmt import HEAD, present
 from loadtests.compare.locust_run import Row, read_samples
-from loadtests.compare.report import HEAD, present
 
 Json = dict[str, Any]
 COLORS = {"dedicated": "tab:red", "peruser": "tab:orange", "gateway": "tab:blue"}

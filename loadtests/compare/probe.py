@@ -22,6 +22,7 @@ class Api:
 
     base: str
     token: str
+    notebook: str = ""  # a notebook's path: its kernel comes from the sessions API, as JupyterLab gets it
 
     @property
     def headers(self) -> dict[str, str]:
@@ -36,6 +37,16 @@ async def start_kernel(api: Api) -> str:
         r = await c.post("/api/kernels", json={"name": "python3"})
         r.raise_for_status()
         return str(r.json()["id"])
+
+
+async def open_notebook(api: Api) -> str:
+    """JupyterLab opening ``api.notebook``: the session of that path (a new one, with a new kernel, if the
+    server has none whose kernel still exists); returns its kernel id."""
+    body = {"path": api.notebook, "name": api.notebook, "type": "notebook", "kernel": {"name": "python3"}}
+    async with api.client() as c:
+        r = await c.post("/api/sessions", json=body)
+        r.raise_for_status()
+        return str(r.json()["kernel"]["id"])
 
 
 async def kernel_exists(api: Api, kernel_id: str) -> bool:
@@ -61,8 +72,8 @@ async def run_cell(api: Api, kernel_id: str, code: str) -> CellOutcome:
 
 
 async def hold_state(api: Api, marker: str) -> str:
-    """A user who starts a kernel, stores its marker and goes idle; returns the kernel id."""
-    kernel_id = await start_kernel(api)
+    """A user who starts a kernel (or opens a notebook), stores its marker and goes idle; returns the kernel id."""
+    kernel_id = await (open_notebook(api) if api.notebook else start_kernel(api))
     await run_cell(api, kernel_id, cells.make_state_cell(marker))
     return kernel_id
 
@@ -78,7 +89,9 @@ async def resume(api: Api, kernel_id: str, marker: str) -> Resume:
     """A user back after idling: its kernel if it still exists, else a new one; then the state check. The
     clock runs from the first request, so it includes whatever had to start (server, replica, restore)."""
     began = time.perf_counter()
-    if not await kernel_exists(api, kernel_id):
+    if api.notebook:
+        kernel_id = await open_notebook(api)
+    elif not await kernel_exists(api, kernel_id):
         kernel_id = await start_kernel(api)
     outcome = await run_cell(api, kernel_id, cells.STATE_CHECK)
     return Resume(time.perf_counter() - began, cells.state_kept(outcome.stdout, marker), kernel_id)

@@ -211,7 +211,17 @@ class JupyterBackend(ProcessBackend):
             }
         )
         if self.gateway_url:
-            argv += [f"--gateway-url={self.gateway_url}", "--GatewayClient.request_timeout=120"]
+            # This project's Jupyter-server side (skg_jupyter, as the README configures it): a stopped server
+            # leaves its kernels on the gateway and the next one adopts them through its session database.
+            argv += [
+                f"--gateway-url={self.gateway_url}",
+                "--GatewayClient.request_timeout=120",
+                "--ServerApp.kernel_websocket_connection_class=skg_jupyter.IdleClosingGatewayWebSocketConnection",
+                "--ServerApp.kernel_manager_class=skg_jupyter.CachingGatewayMappingKernelManager",
+                "--ServerApp.kernel_spec_manager_class=skg_jupyter.CachingGatewayKernelSpecManager",
+                "--ServerApp.session_manager_class=skg_jupyter.AdoptingGatewaySessionManager",
+                f"--SessionManager.database_filepath={self.workdir / 'data' / 'skg-sessions.db'}",
+            ]
             env["JUPYTER_GATEWAY_AUTH_TOKEN"] = self.gateway_token
         url = f"http://{HOST}:{self.port}/api/status"
         return argv, env, url, {"Authorization": f"token {self.token}"}

@@ -19,7 +19,7 @@ from loadtests.compare.locust_run import run_locust
 from loadtests.compare.model import Model
 from loadtests.compare.plan import Plan
 from loadtests.compare.probe import hold_state, resume, run_cell, warm_start
-from loadtests.compare.sampler import Sampler
+from loadtests.compare.sampler import Sample, Sampler, steady
 from loadtests.users import cells
 from loadtests.users.arrivals import make_steady
 
@@ -30,16 +30,22 @@ def progress(model: Model, message: str) -> None:
     log("compare", f"{model.key}: {message}")
 
 
-def memory_now(sampler: Sampler, reads: int = 3) -> Json:
-    values = []
-    for i in range(reads):
+def memory_now(sampler: Sampler, reads: int = 3, settle: float = 0.0, limit: int = 20) -> Json:
+    """The mean of the first ``reads`` consecutive readings (1 s apart) that agree, after ``settle`` seconds
+    (the model's own idle policy, e.g. the gateway's eviction): no longer than the memory takes to settle."""
+    time.sleep(settle)
+    window: list[Sample] = []
+    for i in range(max(limit, reads)):
         if i:
             time.sleep(1.0)
-        values.append(sampler.read())
+        window = [*window, sampler.read()][-reads:]
+        if len(window) == reads and steady(window):
+            break
     return {
-        "pss_mb": round(sum(s.pss_mb for s in values) / reads, 1),
-        "servers": values[-1].servers,
-        "processes": values[-1].processes,
+        "pss_mb": round(sum(s.pss_mb for s in window) / len(window), 1),
+        "servers": window[-1].servers,
+        "processes": window[-1].processes,
+        "readings": i + 1,
     }
 
 
@@ -84,7 +90,7 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
     out: Json = {"levels": {}}
     if plan.idle_baseline:
         model.idle_action_now()
-        out["no_users"] = memory_now(sampler, plan.memory_reads)
+        out["no_users"] = memory_now(sampler, plan.memory_reads, model.settle_s)
     held: list[tuple[str, str, str]] = []
 
     retried: list[str] = []
@@ -98,12 +104,12 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
             retried.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
             return name, asyncio.run(hold_state(model.user_api(name), marker)), marker
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(plan.spawn_concurrency) as pool:
         for level in plan.idle_levels:
-            progress(model, f"{level} idle users")
+            began = time.monotonic()
             held += list(pool.map(add, range(len(held), level)))
-            time.sleep(plan.evict_idle_after + (1.0 if plan.quick else 2.0))
-            out["levels"][str(level)] = memory_now(sampler, plan.memory_reads)
+            progress(model, f"{level} idle users (started in {time.monotonic() - began:.0f} s)")
+            out["levels"][str(level)] = memory_now(sampler, plan.memory_reads, model.settle_s)
     progress(model, "idle action (cull / scale to zero)")
     model.set_idle_actions(True)
     began = time.monotonic()
@@ -114,10 +120,14 @@ def measure_idle(model: Model, plan: Plan, sampler: Sampler) -> Json:
     out["idle_action_s"] = round(time.monotonic() - began, 1)
     out["after_idle_action"] = memory_now(sampler, plan.memory_reads)
     model.set_idle_actions(False)
-    kept = 0
+
+    def check(user: tuple[str, str, str]) -> bool:
+        name, kernel, marker = user
+        return asyncio.run(resume(model.user_api(name), kernel, marker)).state_back
+
     checked = held[: plan.state_checks]
-    for name, kernel, marker in checked:
-        kept += asyncio.run(resume(model.user_api(name), kernel, marker)).state_back
+    with ThreadPoolExecutor(max(1, len(checked))) as pool:  # users come back independently of each other
+        kept = sum(pool.map(check, checked))
     out["state_checked"], out["state_back"] = len(checked), kept
     out["idle_users_retried"] = retried
     return out

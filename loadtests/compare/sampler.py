@@ -36,6 +36,12 @@ def tree(roots: list[int]) -> list[psutil.Process]:
     return list(found.values())
 
 
+def steady(window: list[Sample], tolerance: float = 0.03) -> bool:
+    """Readings that agree: the same processes, and PSS within ``tolerance`` of each other."""
+    pss = [s.pss_mb for s in window]
+    return len({s.processes for s in window}) == 1 and max(pss) - min(pss) <= tolerance * max(max(pss), 1.0)
+
+
 @dataclass
 class Sampler:
     roots: Callable[[], list[int]]
