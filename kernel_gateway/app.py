@@ -8,56 +8,33 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from notebook_state.signing import Signer, load_or_create_key
-from notebook_state.store import LocalStore, RedisStore, StateStore
-
 from . import __version__, errors
 from .browsers import BrowserGuard
 from .deps import Gateway
 from .forward import http_client
 from .limits import BodySizeLimit
-from .metrics import Metrics
 from .peers import PeerAuth, ReplicaHeader
+from .replica import Replica, open_replica
 from .routes import channels, execute, jupyter, ops, sessions
-from .sessions.manager import SessionManager
-from .settings import ENV_PREFIX, Settings, is_loopback
+from .settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings) -> tuple[StateStore, bytes]:
-    """Redis when configured (replicas share sessions), else the embedded store in the data directory; and the
-    signing key (checkpoints are signed with it, the inter-replica key is derived from it)."""
-    data_dir = settings.data_dir.resolve()
-    store: StateStore
-    if settings.redis_url is not None:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        store = RedisStore(
-            settings.redis_url.get_secret_value(),
-            settings.session_ttl,
-            password,
-            cluster=settings.redis_cluster,
-            timeout=settings.store_timeout,
-            wait_replicas=settings.redis_wait_replicas,
-        )
-    else:
-        store = LocalStore(data_dir / "store", settings.session_ttl)
-    key = settings.signing_key_bytes or load_or_create_key(data_dir / "signing.key")
-    return store, key
+def create_app(settings: Settings, replica: Replica | None = None) -> FastAPI:
+    """The app; its lifespan serves ``replica`` (opened, its first kernel booting, before this was imported:
+    replica.py), or opens one itself."""
 
-
-def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store, key = open_store(settings)
-        signer = Signer(key)
-
         def url() -> str:
             listen_url: str | None = getattr(app.state, "listen_url", None)
             return listen_url or settings.public_url(settings.host, settings.port)
 
-        metrics = Metrics()
-        manager = SessionManager(settings, ENV_PREFIX, store, signer, url, observer=metrics)
+        opened = replica or open_replica(settings, url)
+        store, key, metrics, manager = opened.store, opened.key, opened.metrics, opened.manager
+        # Its first kernel boots while the rest starts (and the store is reached); the pool fills after it.
+        manager.prestart()
         http = http_client(settings)
         peers = PeerAuth.from_signing_key(key, manager.replica_id)
         gw = Gateway(settings=settings, manager=manager, http=http, peers=peers, metrics=metrics)

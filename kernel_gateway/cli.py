@@ -30,9 +30,9 @@ def serve(argv: Sequence[str]) -> int:
         print(f"skg serve: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    from .server import serve as run_server
+    from .replica import run
 
-    run_server(settings)
+    run(settings)
     return 0
 
 

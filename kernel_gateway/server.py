@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import signal
 import socket
-import sys
 from typing import Any
 
 import uvicorn
@@ -17,24 +15,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .app import create_app
 from .deps import Gateway
 from .limits import WS_MAX_MESSAGE
+from .replica import Replica, forbid_inspection_by_kernels, listening_socket, run
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket for uvicorn to listen on. Accepted connections inherit TCP_NODELAY on Linux, so no
-    reply of a few hundred bytes waits ~40 ms for Nagle's algorithm (asyncio sets it too, under any loop)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    # Not listening yet: uvicorn listens once the app has started. Until then a connection is refused, not
-    # parked in the backlog, so a replica restarted at the same address does not hold up the replicas that
-    # forward to its predecessor: refused proves the predecessor gone, and they take its sessions over at once.
-    sock.setblocking(False)
-    return sock
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -119,23 +103,13 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
-def forbid_inspection_by_kernels() -> None:
-    """Kernels run user code as this process's user; make this process non-dumpable so that code cannot read
-    the service's environment or memory (tokens, the Redis password, the signing key) through /proc."""
-    if not sys.platform.startswith("linux"):
-        return
-    pr_set_dumpable = 4
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        log.warning("could not make the service process non-dumpable")
-
-
 def serve(settings: Settings) -> None:
-    forbid_inspection_by_kernels()
-    app = create_app(settings)
-    sock = listening_socket(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
+    """Serve until stopped: ``skg serve`` (the start order lives in replica.py)."""
+    run(settings)
+
+
+async def serve_replica(settings: Settings, replica: Replica, sock: socket.socket, host: str, port: int) -> None:
+    app = create_app(settings, replica)
     app.state.listen_url = settings.public_url(host, port)
     config = uvicorn.Config(
         app,
@@ -156,5 +130,7 @@ def serve(settings: Settings) -> None:
     server = DrainingServer(config, app)
     # Machine-readable, for tests and scripts that start the service on port 0.
     print(f"SKG_LISTENING http://{host}:{port}", flush=True)
-    # uvicorn picks the loop (uvloop where installed, as with uvicorn[standard]).
-    server.run(sockets=[sock])
+    await server.serve(sockets=[sock])
+
+
+__all__ = ["DrainingServer", "forbid_inspection_by_kernels", "listening_socket", "serve", "serve_replica"]

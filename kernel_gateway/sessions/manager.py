@@ -27,8 +27,9 @@ from notebook_state.signing import Signer, VerificationError
 from notebook_state.store import LIST_LIMIT, Fence, SessionRecord, StateStore, StoreUnavailable
 from notebook_state.types import SESSION_ID_PATTERN, StateObserver
 
-from ..kernels.factory import KernelFactory, scratch_parent
-from ..kernels.kernel import Kernel
+from ..kernels.factory import KernelFactory
+from ..kernels.kernel import Kernel, KernelState
+from ..kernels.options import scratch_parent
 from ..kernels.pool import KernelPool
 from ..types import ManagerSettings
 from .errors import (
@@ -52,6 +53,10 @@ from .session import STATE_LOST_NOTICE, Session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A replica's first kernel waits this long for the session it was started for (a cold start's restore), then
+# goes: by then the warm pool serves new sessions.
+FIRST_KERNEL_HOLD = 10.0
 
 
 @dataclass
@@ -122,14 +127,58 @@ class SessionManager:
         self._claims: dict[str, _Claim] = {}
         self._opening: dict[str, HeldLease] = {}  # leases of sessions being opened or restored here
         self._tasks: list[asyncio.Task[None]] = []
+        self._first: asyncio.Task[Kernel] | None = None  # the first kernel, until a session takes it
+        self._prestarted = False
 
     @property
     def url(self) -> str:
         return self._url()
 
+    def prestart(self) -> None:
+        """Boot the first kernel now, before the rest of the replica has started (a cold start restores onto
+        it); the warm pool starts filling once it is up, so that two kernels do not boot at once on a small
+        machine. It is started without the preloaded modules: a restore's first result does not wait for them."""
+        if self._prestarted:
+            return
+        self._prestarted = True
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(self.kernels.start(self.settings.kernel_name, None, preload=False))
+        self._first = first
+        first.add_done_callback(lambda _: None if self.draining else self.pool.start())
+        self._tasks.append(loop.create_task(self._expire_first(first)))
+
+    async def _expire_first(self, first: asyncio.Task[Kernel]) -> None:
+        try:
+            await asyncio.wait({first})
+            await asyncio.sleep(FIRST_KERNEL_HOLD)
+        finally:
+            if self._first is first:  # no session took it
+                self._first = None
+                if first.done() and not first.cancelled() and first.exception() is None:
+                    await first.result().shutdown(now=True)
+                else:
+                    first.cancel()
+
+    async def _first_kernel(self, name: str) -> Kernel | None:
+        """The replica's first kernel, for the one session that asks first; None when taken or failed."""
+        first = self._first
+        if first is None or name != self.settings.kernel_name:
+            return None
+        self._first = None
+        try:
+            kernel = await first
+        except Exception as exc:
+            log.warning("first kernel failed to start (%s): taking one from the pool", exc)
+            return None
+        if kernel.state is not KernelState.READY:
+            await kernel.shutdown(now=True)
+            return None
+        return kernel
+
     async def start(self) -> None:
         self.check_kernel_name(self.settings.kernel_name)
-        self.pool.start()
+        if not self._prestarted:
+            self.pool.start()
         loop = asyncio.get_running_loop()
         keeper = LeaseKeeper(
             self.sessions,
@@ -193,11 +242,13 @@ class SessionManager:
         log.info("session %s created on kernel %s (%s)", sid, session.kernel.id, name)
         return session
 
-    async def _open(self, record: SessionRecord, lease: HeldLease, env: Mapping[str, str]) -> Session:
+    async def _open(
+        self, record: SessionRecord, lease: HeldLease, env: Mapping[str, str], restore: bool = False
+    ) -> Session:
         name = record.kernel_name
 
         async def acquire() -> Kernel:
-            kernel = await self.pool.acquire(name, env)
+            kernel = await self._kernel(name, env, restore)
             await self.kernels.apply_env(kernel, env, record.tenant)
             return kernel
 
@@ -215,6 +266,21 @@ class SessionManager:
         session.tenant = record.tenant
         session.on_lease_lost = self._lease_lost
         return session
+
+    async def _kernel(self, name: str, env: Mapping[str, str], restore: bool) -> Kernel:
+        """A warm kernel when there is one; else the replica's first kernel (booting since the start: a
+        restore's first result does not wait for the preloaded modules, a new session does); else a new one."""
+        if restore or self.pool.ready_count == 0:
+            first = await self._first_kernel(name)
+            if first is not None:
+                if not restore:
+                    try:
+                        await self.kernels.preload(first)
+                    except BaseException:
+                        await first.shutdown(now=True)
+                        raise
+                return first
+        return await self.pool.acquire(name, env)
 
     def _check_room(self) -> None:
         limit = self.settings.max_sessions
@@ -311,7 +377,7 @@ class SessionManager:
 
     async def _restored(self, record: SessionRecord, lease: HeldLease) -> Session:
         sid = record.id
-        session = await self._open(record, lease, record.env)
+        session = await self._open(record, lease, record.env, restore=True)
         unsaved = unsaved_cells_notice(record)
         if unsaved is not None:
             log.warning("session %s: %s", sid, unsaved)
@@ -468,6 +534,7 @@ class SessionManager:
         self.draining = True
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         sessions = list(self.sessions.values())
         saved = await asyncio.gather(*(self._save(s) for s in sessions))
         unsaved = [s.id for s, ok in zip(sessions, saved, strict=True) if not ok]

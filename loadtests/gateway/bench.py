@@ -40,6 +40,9 @@ def _start_jkg(run: Run) -> tuple[Target, Json] | None:
 
 def _measure(run: Run) -> Json:
     cfg, result = run.config, run.result
+    if cfg.coldstart_only:
+        result["replica_cold_start"] = coldstart.replica_cold_start(run)
+        return _finish(result)
     peer = _start_jkg(run)
     ours, client = run.start_ours("skg")
     result["services"]["serverless_kernel_gateway"] = describe(ours, client, run.spec())
@@ -93,7 +96,10 @@ def _measure(run: Run) -> Json:
 
     result["memory"]["evicted"] = memory.evicted_sessions(run)
     result["replica_cold_start"] = coldstart.replica_cold_start(run)
+    return _finish(result)
 
+
+def _finish(result: Json) -> Json:
     result["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = targets(result)
     result["notes"] = notes(result)

@@ -44,6 +44,7 @@ class Config:
     checkpoint: bool
     skip_jkg: bool
     profile: bool  # py-spy the service and its kernels over extra blocks of executes
+    coldstart_only: bool  # measure the replica cold start and nothing else
     mode: str  # "full", "quick" or "smoke"
     jkg_venv: Path
     output: Path
@@ -78,6 +79,7 @@ class Config:
             "evict_idle_after_seconds": EVICT_IDLE_AFTER,
             "skip_jkg": self.skip_jkg,
             "profile": self.profile,
+            "coldstart_only": self.coldstart_only,
         }
 
 
@@ -111,6 +113,9 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument("--pool-size", type=int, default=None, help="warm pool of the services under test (2)")
     parser.add_argument("--skip-jkg", action="store_true", help="skip the jupyter-kernel-gateway comparison")
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of REST and WebSocket executes")
+    parser.add_argument(
+        "--coldstart-only", action="store_true", help="measure only the replica cold start (no jupyter-kernel-gateway)"
+    )
     parser.add_argument("--no-checkpoint", action="store_true", help="our service without per-cell checkpoints")
     parser.add_argument("--jkg-venv", type=Path, default=DEFAULT_JKG_VENV, help=f"its venv ({DEFAULT_JKG_VENV})")
     parser.add_argument("--output", type=Path, default=None, help=f"JSON result file (under {RESULTS})")
@@ -121,7 +126,8 @@ def parse_args(argv: Sequence[str]) -> Config:
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
 
-    output = args.output or RESULTS / ("bench_gateway" + ("-redis" if args.redis else "") + ".json")
+    suffix = ("-redis" if args.redis else "") + ("-coldstart" if args.coldstart_only else "")
+    output = args.output or RESULTS / f"bench_gateway{suffix}.json"
     config = Config(
         runs=pick(args.runs, runs),
         warmup=pick(args.warmup, warmup),
@@ -135,8 +141,9 @@ def parse_args(argv: Sequence[str]) -> Config:
         pool_size=pick(args.pool_size, pool),
         redis=args.redis,
         checkpoint=not args.no_checkpoint,
-        skip_jkg=args.skip_jkg,
+        skip_jkg=args.skip_jkg or args.coldstart_only,
         profile=args.profile,
+        coldstart_only=args.coldstart_only,
         mode=mode,
         jkg_venv=args.jkg_venv.resolve(),
         output=output,

@@ -31,7 +31,12 @@ from .sampling import CpuTally, children_cpu_by_pid, own_cpu
 RATE = 1000  # samples per second
 TOP = 20
 OURS = ("(kernel_gateway/", "(notebook_state/")  # frames of this project's code
-ENTRY = ("(kernel_gateway/__main__.py)", "(kernel_gateway/cli.py)", "(kernel_gateway/server.py)")
+ENTRY = (
+    "(kernel_gateway/__main__.py)",
+    "(kernel_gateway/cli.py)",
+    "(kernel_gateway/server.py)",
+    "(kernel_gateway/replica.py)",
+)
 _LINE = re.compile(r":\d+\)$")
 
 Block = Callable[[int], int]
