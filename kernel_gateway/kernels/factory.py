@@ -20,14 +20,15 @@ from notebook_state.checkpoint import Checkpointer, run_in_kernel
 
 from ..types import ManagerSettings
 from .forked import ZygoteClient, ZygoteGone
-from .kernel import Kernel
+from .kernel import Kernel, KernelStartFailed
 from .launch import kernel_environment, start_kernel
 from .options import sandbox_options
-from .sandbox import Sandbox, SandboxKind, SandboxOptions, UidPool, detect
+from .sandbox import Sandbox, SandboxKind, SandboxOptions, UidPool, detect, needed_paths
 
 log = logging.getLogger(__name__)
 
 _ENV_CALL_TIMEOUT = 10.0
+_FORK_FAILURES = 3
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 MemoryLimits = Callable[[str], int]
@@ -54,6 +55,7 @@ class KernelFactory:
         self._kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
         self._zygote: asyncio.Task[ZygoteClient | None] | None = None
         self._zygote_uid: int | None = None
+        self._fork_failures = 0
 
     async def sandbox(self) -> Sandbox:
         """What isolates this replica's kernels, found out on first use (and logged: a weak one loudly)."""
@@ -82,6 +84,7 @@ class KernelFactory:
         config = {
             "isolate": sandbox.kind is SandboxKind.BWRAP, "network": self._options.network,
             "tmp_size": self._options.tmp_size, "preload": list(self.settings.preload_modules),
+            "keep": [p for p in needed_paths() if p.startswith(("/tmp/", "/dev/shm/"))],
         }  # fmt: skip
         try:
             prefix = sandbox.zygote_prefix(self.runtime_dir, uid)
@@ -131,8 +134,14 @@ class KernelFactory:
                     name, self.context, kernel_dir, full_env, settings.kernel_startup_timeout, prefix, uid, cwd,
                     zygote,
                 )  # fmt: skip
-            except ZygoteGone as exc:
-                log.warning("kernel zygote unavailable, exec'ing this kernel: %s", exc)
+            except KernelStartFailed as exc:
+                if zygote is None or not isinstance(exc.__cause__, ZygoteGone):
+                    raise
+                self._fork_failed(zygote, exc.__cause__)
+                kernel_dir.mkdir(mode=0o700, exist_ok=True)  # the failed start removed it
+                uid = self._take_uid() if sandbox.own_uid else None
+                if uid is not None:
+                    os.chown(kernel_dir, uid, uid)
                 kernel = await start_kernel(
                     name, self.context, kernel_dir, full_env, settings.kernel_startup_timeout,
                     sandbox.prefix(kernel_dir, uid), uid, cwd,
@@ -140,6 +149,8 @@ class KernelFactory:
         except BaseException:
             shutil.rmtree(kernel_dir, ignore_errors=True)
             raise
+        if kernel.forked:
+            self._fork_failures = 0
         kernel.uid = uid
         self._kernels.add(kernel)
         if name != settings.kernel_name:
@@ -153,6 +164,14 @@ class KernelFactory:
             await kernel.shutdown(now=True)
             raise
         return kernel
+
+    def _fork_failed(self, zygote: ZygoteClient, why: BaseException) -> None:
+        """This kernel is exec'd instead; a zygote that keeps failing is given up (every kernel exec'd)."""
+        self._fork_failures += 1
+        log.warning("kernel zygote could not fork a kernel, exec'ing it: %s", why)
+        if self._fork_failures >= _FORK_FAILURES:
+            log.error("kernel zygote failed %d forks in a row: stopped, new kernels are exec'd", self._fork_failures)
+            zygote.kill()
 
     async def preload(self, kernel: Kernel) -> None:
         """Import the preloaded modules. Imported, not bound: a session's first `import pandas` (or a restore

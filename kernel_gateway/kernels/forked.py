@@ -29,6 +29,10 @@ class ZygoteGone(RuntimeError):
     """The zygote is not running (never started, or exited): kernels are exec'd instead."""
 
 
+class ForkFailed(ZygoteGone):
+    """The zygote could not fork this kernel (or the fork could not make its namespaces): it is exec'd."""
+
+
 class ForkedProcess:
     """A forked kernel, as much of ``subprocess.Popen`` as jupyter_client's LocalProvisioner uses.
 
@@ -136,7 +140,7 @@ class ZygoteClient:
         finally:
             self._waiting.pop(rid, None)
         if "error" in reply:
-            raise RuntimeError(f"the kernel zygote could not fork a kernel: {reply['error']}")
+            raise ForkFailed(str(reply["error"]))
         process = ForkedProcess(int(reply["pid"]))
         status = self._early_exits.pop(process.pid, None)
         if status is not None:

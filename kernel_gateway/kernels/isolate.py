@@ -19,7 +19,9 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
+from collections.abc import Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -92,11 +94,14 @@ def write_id_maps(pid: int, uid: int, gid: int) -> None:
     _write(f"/proc/{pid}/gid_map", f"{gid} {gid} 1")
 
 
-def private_mounts(kernel_dir: str, tmp_size: int) -> None:
+def private_mounts(kernel_dir: str, tmp_size: int, keep: Sequence[str] = ()) -> None:
     """A private /tmp and /dev/shm, and of the runtime directory only ``kernel_dir``. What the zygote's sandbox
-    hides stays hidden: those mounts came from a more privileged namespace, so they are locked."""
+    hides stays hidden: those mounts came from a more privileged namespace, so they are locked. ``keep``: what
+    the kernel needs under /tmp or /dev/shm (the interpreter, the packages), bound back read-only, as
+    bubblewrap does for an exec'd kernel."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing here propagates back to the zygote
     own = os.open(kernel_dir, os.O_PATH | os.O_DIRECTORY)  # kept across the tmpfs that covers its siblings
+    kept = {path: os.open(path, os.O_PATH) for path in keep if os.path.exists(path)}
     try:
         for path in ("/tmp", "/dev/shm"):
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
@@ -105,10 +110,19 @@ def private_mounts(kernel_dir: str, tmp_size: int) -> None:
         mount("tmpfs", runtime, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=65536")
         os.mkdir(kernel_dir, 0o700)
         mount(f"/proc/self/fd/{own}", kernel_dir, None, MS_BIND | MS_REC)
+        for path, fd in kept.items():
+            if stat.S_ISDIR(os.fstat(fd).st_mode):  # the path itself is under the new tmpfs now
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
         if os.path.isdir("/dev/pts"):  # terminals of its own (bubblewrap's /dev is the zygote's, shared)
             mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
     finally:
-        os.close(own)
+        for fd in (own, *kept.values()):
+            os.close(fd)
 
 
 def _loopback_up() -> None:

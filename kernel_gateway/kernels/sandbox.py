@@ -95,7 +95,7 @@ def make_setpriv_argv(uid: int, keep_bwrap: bool) -> list[str]:
     return [*argv, "--"]
 
 
-def _needed_paths() -> list[str]:
+def needed_paths() -> list[str]:
     """What a kernel needs to run this Python and import the capture module: the interpreter's prefixes, the
     import path and the packages' own source roots (an editable install keeps those off sys.path)."""
     roots = {str(Path(m.__file__).resolve().parent.parent) for m in (notebook_state,) if m.__file__}
@@ -145,7 +145,7 @@ def make_bwrap_argv(
         hide.append(home)  # the service user's credentials (~/.ssh, cloud configs)
     for hidden in hide:
         argv += ["--tmpfs", hidden]
-    for needed in _needed_paths():
+    for needed in needed_paths():
         if _under(needed, private + hide):
             argv += ["--ro-bind", needed, needed]
     for bind in options.binds:

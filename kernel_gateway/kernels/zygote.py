@@ -46,6 +46,7 @@ class Zygote:
         self.isolate: bool = config["isolate"]
         self.network: bool = config["network"]
         self.tmp_size: int = config["tmp_size"]
+        self.keep: list[str] = config.get("keep", [])
         self.pid = os.getpid()
         self.uid, self.gid = os.geteuid(), os.getegid()
         self.kernels: dict[
@@ -115,18 +116,23 @@ class Zygote:
                 os.write(to_zygote, b"u")
                 if os.read(from_zygote, 1) != b"k":
                     os._exit(1)
-                isolate.private_mounts(request["kernel_dir"], self.tmp_size)
+                isolate.private_mounts(request["kernel_dir"], self.tmp_size, self.keep)
                 alive_r, alive_w = os.pipe()
+                sealed_r, sealed_w = os.pipe()
                 kernel = os.fork()
                 if kernel != 0:
+                    os.close(alive_r)
+                    os.close(sealed_w)
+                    answer = _read(sealed_r, 4096)
+                    if answer != b"s":
+                        os.kill(kernel, signal.SIGKILL)
+                        raise OSError(answer[1:].decode(errors="replace") or "the kernel could not seal its sandbox")
                     os.write(to_zygote, f"P{kernel}".encode())
                     os.close(to_zygote)
                     _mirror(kernel)  # never returns
-                os.close(alive_w)
-                os.close(to_zygote)
-                os.close(from_zygote)
-                isolate.die_with_parent_pipe(alive_r)
-                isolate.seal(self.network)
+                for fd in (alive_w, sealed_r, to_zygote, from_zygote):
+                    os.close(fd)
+                _seal(alive_r, sealed_w, self.network)
             else:
                 os.write(to_zygote, f"P{os.getpid()}".encode())
                 os.close(to_zygote)
@@ -137,6 +143,20 @@ class Zygote:
             finally:
                 os._exit(127)
         _become_kernel(request, self.isolate)
+
+
+def _seal(alive: int, sealed: int, network: bool) -> None:
+    """In the kernel, pid 1 of its namespaces: the last of its sandbox, said to its waiter (or why not)."""
+    try:
+        isolate.die_with_parent_pipe(alive)
+        isolate.seal(network)
+    except BaseException as exc:
+        try:
+            os.write(sealed, b"E" + f"{type(exc).__name__}: {exc}".encode()[:2000])
+        finally:
+            os._exit(127)
+    os.write(sealed, b"s")
+    os.close(sealed)
 
 
 def _answer(zygote: Zygote, line: bytes) -> dict[str, Any]:
