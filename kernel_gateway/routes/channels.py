@@ -103,8 +103,10 @@ class ChannelConnection:
     async def run(self) -> None:
         self.session.attach(self, self.client_session)
         self.metrics.ws_connections.inc()
-        writer = asyncio.get_running_loop().create_task(self._write())
-        reader = asyncio.get_running_loop().create_task(self._read())
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(self._write())
+        reader = loop.create_task(self._read())
+        watchdog = loop.create_task(self._watch_idle()) if self.idle_timeout > 0 else None
         try:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -113,6 +115,8 @@ class ChannelConnection:
             self.metrics.ws_connections.dec()
             reader.cancel()
             writer.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             with contextlib.suppress(Exception):
                 await self.ws.close(*self._close)
 
@@ -140,21 +144,21 @@ class ChannelConnection:
             self.metrics.ws_messages.labels("in").inc()
             await self.session.submit(self, msg)
 
+    async def _watch_idle(self) -> None:
+        # One timer for the connection's life, not a timeout around every message the writer waits for.
+        while self.state is ConnectionState.OPEN:
+            left = self._idle_left()
+            if left <= 0:
+                # An open WebSocket pins a Knative pod (knative/serving#10835); let idle tabs go.
+                self.close_soon(CLOSE_GOING_AWAY, "idle")
+                return
+            await asyncio.sleep(left)
+
     async def _write(self) -> None:
         ws = self.ws
         counter = self.metrics.ws_messages.labels("out")
         while True:
-            try:
-                if self.idle_timeout > 0:
-                    item = await asyncio.wait_for(self._queue.get(), self._idle_left())
-                else:
-                    item = await self._queue.get()
-            except TimeoutError:
-                if self._idle_left() <= 0:
-                    # An open WebSocket pins a Knative pod (knative/serving#10835); let idle tabs go.
-                    self._close = (CLOSE_GOING_AWAY, "idle")
-                    return
-                continue
+            item = await self._queue.get()
             if item is None:
                 return
             msg, size = item
