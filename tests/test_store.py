@@ -181,3 +181,26 @@ async def test_local_store_is_single_process(tmp_path: Path) -> None:
     await first.close()
     second = LocalStore(tmp_path / "db", 60)
     await second.close()
+
+
+async def test_local_store_checkpoints_its_write_ahead_log(tmp_path: Path) -> None:
+    # Small commits run on the event loop without syncing; the WAL is folded into the database every few
+    # hundred transactions (in a thread), so it neither grows without bound nor loses what was committed.
+    store = LocalStore(tmp_path / "local", session_ttl=600)
+    wal = tmp_path / "local" / "sessions.sqlite3-wal"
+    try:
+        rec = record(sid("wal"))
+        assert await store.create(rec)
+        fence = await store.acquire(rec.id, "A", "http://a", ttl=30)
+        assert fence is not None
+        sizes = []
+        for n in range(1, 700):
+            rec.execution_count = n
+            await store.commit(rec.id, fence, commit_of(rec, {f"k{n}": b"x" * 2048}, [], [f"k{n - 1}"]), 600)
+            sizes.append(wal.stat().st_size)
+        assert min(sizes[400:]) < max(sizes[:400])  # truncated at a checkpoint in between
+        got = await store.get(rec.id)
+        assert got is not None and got.execution_count == 699
+        assert await store.load_blobs(rec.id, ["k699", "k698"]) == {"k699": [b"x" * 2048]}
+    finally:
+        await store.close()

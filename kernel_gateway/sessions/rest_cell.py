@@ -115,7 +115,8 @@ def _report_checkpoint(session: Session, result: ExecutionResult, outcome: Check
 async def _await_cell(session: Session, run: CellRun, timeout: float, interrupt_grace: float) -> ExecutionResult:
     kernel = session.kernel
     try:
-        await asyncio.wait_for(run.done.wait(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: no task of its own for every cell
+            await run.done.wait()
         return run.result(session.id)
     except TimeoutError:
         pass
