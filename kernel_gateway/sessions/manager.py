@@ -30,7 +30,7 @@ from notebook_state.types import SESSION_ID_PATTERN, StateObserver
 from ..kernels.factory import KernelFactory
 from ..kernels.kernel import Kernel, KernelState
 from ..kernels.options import scratch_parent
-from ..kernels.pool import KernelPool
+from ..kernels.pool import REFILL_DELAY, KernelPool
 from ..types import ManagerSettings
 from .errors import (
     CheckpointRejected,
@@ -144,8 +144,15 @@ class SessionManager:
         loop = asyncio.get_running_loop()
         first = loop.create_task(self.kernels.start(self.settings.kernel_name, None, preload=False))
         self._first = first
-        first.add_done_callback(lambda _: None if self.draining else self.pool.start())
+        first.add_done_callback(self._fill_pool)
         self._tasks.append(loop.create_task(self._expire_first(first)))
+
+    def _fill_pool(self, first: asyncio.Task[Kernel]) -> None:
+        # Launching a kernel blocks the loop for a moment: when a restore already waits on the first kernel, its
+        # first result goes before the pool's first launch (as the pool itself waits after a kernel is taken).
+        if not self.draining:
+            delay = REFILL_DELAY if self._first is not first else 0.0
+            asyncio.get_running_loop().call_later(delay, lambda: None if self.draining else self.pool.start())
 
     async def _expire_first(self, first: asyncio.Task[Kernel]) -> None:
         try:
