@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+import zmq
 import zmq.asyncio
 
 from notebook_state.checkpoint import Checkpointer, run_in_kernel
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _ENV_CALL_TIMEOUT = 10.0
 _FORK_FAILURES = 3
+_RECONNECT_MS = 5
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 MemoryLimits = Callable[[str], int]
@@ -45,6 +47,9 @@ class KernelFactory:
         self.checkpointer = checkpointer
         checkpointer.max_handover_bytes = int(settings.checkpoint_max_bytes)
         self.context = zmq.asyncio.Context()
+        # The service connects before a new kernel has bound its sockets; zmq then retries every 100 ms by
+        # default, which was most of a forked kernel's start. Unix sockets on this host: retrying is cheap.
+        self.context.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
         self.memory_limits: MemoryLimits = lambda tenant: int(settings.kernel_memory_limit)
         self._options = sandbox_options(settings)
         self._sandbox: Sandbox | None = None
