@@ -36,7 +36,10 @@ PRELOADED = (
     "zmq", "zmq.eventloop.zmqstream", "tornado.ioloop", "notebook_state.capture", "kernel_gateway.kernels.memory_guard",
     # ipykernel's debugger (debugpy, pydevd: ~120 modules) is imported by every kernel at start
     "ipykernel.debugger", "debugpy.server.api", "pydevd", "IPython.core.debugger", "pdb", "xmlrpc.client",
-    "http.server", "pydoc", "faulthandler",
+    "http.server", "pydoc", "faulthandler", "runpy",
+    # and by IPKernelApp.initialize itself
+    "IPython.core.completerlib", "IPython.core.oinspect", "IPython.extensions.storemagic", "IPython.utils.wildcard",
+    "tornado.platform.asyncio",
 )  # fmt: skip
 """Imported by every kernel: preloaded whatever the settings say."""
 
