@@ -54,7 +54,11 @@ class Gateway:
             raise TenantSessionLimit(cap)
 
 
-def gateway(conn: HTTPConnection) -> Gateway:
+# Dependencies are ``async def`` even when they await nothing: FastAPI runs a plain ``def`` dependency in a
+# worker thread, a hop to a thread and back for every request.
+
+
+async def gateway(conn: HTTPConnection) -> Gateway:
     gw: Gateway = conn.app.state.gateway
     return gw
 
@@ -62,11 +66,11 @@ def gateway(conn: HTTPConnection) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 
-def settings(gw: GatewayDep) -> Settings:
+async def settings(gw: GatewayDep) -> Settings:
     return gw.settings
 
 
-def manager(gw: GatewayDep) -> SessionManager:
+async def manager(gw: GatewayDep) -> SessionManager:
     return gw.manager
 
 
