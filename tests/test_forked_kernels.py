@@ -69,8 +69,8 @@ def forked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield svc
 
 
-def zygote_of(svc: Service) -> psutil.Process:
-    line = next(line for line in svc.log if "kernel zygote: pid" in line)
+def zygote_of(svc: Service, which: int = 0) -> psutil.Process:
+    line = [line for line in svc.log if "kernel zygote: pid" in line][which]
     return psutil.Process(int(line.split("kernel zygote: pid ")[1].split(",")[0]))
 
 
@@ -149,18 +149,39 @@ def test_forked_kernels_die_with_the_service(tmp_path: Path) -> None:
     wait_for(lambda: not any(alive(pid) for pid in everything))
 
 
-def test_without_the_zygote_kernels_are_execd(tmp_path: Path) -> None:
+def test_a_zygote_that_dies_is_restarted_then_given_up_for_exec(tmp_path: Path) -> None:
     with running_service(tmp_path, ["--pool-size", "0", "--kernel-launch", "fork"]) as service:
         session = value_session(service)
-        zygote = zygote_of(service)
-        forked = kernel_pid(service, session)
-        zygote.kill()
-        wait_for(lambda: not alive(forked))  # its kernels die with it
-        reply = run(service, "import sys; sys.argv")
-        assert any("ipykernel_launcher" in part for part in value(reply))
-        execd = kernel_pid(service, reply["session"])
+        for restart in range(4):  # three restarts, then kernels are exec'd
+            zygote = zygote_of(service, -1)
+            forked = kernel_pid(service, session)
+            assert zygote.pid in [p.pid for p in psutil.Process(forked).parents()]
+            zygote.kill()
+            wait_for(lambda: not alive(forked))  # noqa: B023  (its kernels die with it)
+            wait_for(lambda: run(service, "1", session).get("status") == "ok")  # restored onto a new kernel
+            if restart < 3:
+                assert sum("kernel zygote: pid" in line for line in service.log) == restart + 2
+        execd = kernel_pid(service, session)
         assert "ipykernel_launcher" in " ".join(psutil.Process(execd).cmdline())  # exec'd, not forked
         assert any("new kernels are exec'd" in line for line in service.log)
+
+
+def test_without_network_a_forked_kernel_has_its_own_loopback_only(tmp_path: Path) -> None:
+    with running_service(tmp_path, ["--pool-size", "0", "--no-sandbox-network"]) as service:
+        port = int(service.url.rsplit(":", 1)[1])
+        probe = f"""
+import socket
+def reach(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+server = socket.create_server(("127.0.0.1", 0))
+(reach({port}), reach(server.getsockname()[1]))
+"""
+        assert value(run(service, probe)) == ("ConnectionRefusedError", "connected")
+        assert any("kernel zygote: pid" in line for line in service.log)  # forked, not exec'd
 
 
 def value_session(svc: Service) -> str:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _ENV_CALL_TIMEOUT = 10.0
 _FORK_FAILURES = 3
 _RECONNECT_MS = 5
+_ZYGOTE_RESTARTS = 3
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 MemoryLimits = Callable[[str], int]
@@ -59,8 +60,10 @@ class KernelFactory:
         self._uids = UidPool(self._options.uid_base, self._options.uid_count)
         self._kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
         self._zygote: asyncio.Task[ZygoteClient | None] | None = None
+        self._fork = False  # kernels of the default kernelspec are forked from the zygote
         self._zygote_uid: int | None = None
         self._fork_failures = 0
+        self._zygote_restarts = 0
 
     async def sandbox(self) -> Sandbox:
         """What isolates this replica's kernels, found out on first use (and logged: a weak one loudly)."""
@@ -76,8 +79,7 @@ class KernelFactory:
                     log.info("kernel sandbox: %s", self._sandbox.detail)
                 else:
                     log.warning("kernel sandbox is weak: %s (see docs/security.md)", self._sandbox.detail)
-                if fork_kernels(self.settings.kernel_launch, self._sandbox):
-                    self._zygote = asyncio.get_running_loop().create_task(self._start_zygote(self._sandbox))
+                self._fork = fork_kernels(self.settings.kernel_launch, self._sandbox)
             return self._sandbox
 
     async def _start_zygote(self, sandbox: Sandbox) -> ZygoteClient | None:
@@ -103,9 +105,27 @@ class KernelFactory:
         return zygote
 
     async def zygote(self) -> ZygoteClient | None:
-        """The running zygote when kernels of the default kernelspec are forked, else None (exec'd)."""
+        """The running zygote when kernels of the default kernelspec are forked, else None (exec'd). Started on
+        first use: a replica's first kernel may be exec'd (``fork=False``) without waiting for it, or sharing the
+        CPU with its boot."""
+        if self._zygote is None and self._fork and self._sandbox is not None:
+            self._zygote = asyncio.get_running_loop().create_task(self._start_zygote(self._sandbox))
         if self._zygote is None:
             return None
+        zygote = await asyncio.shield(self._zygote)
+        if zygote is None or zygote.alive:
+            return zygote
+        if zygote.stopped or self._sandbox is None:
+            return None
+        if self._zygote_restarts >= _ZYGOTE_RESTARTS:
+            if self._zygote_restarts == _ZYGOTE_RESTARTS:
+                self._zygote_restarts += 1
+                log.error("kernel zygote died %d times: new kernels are exec'd", _ZYGOTE_RESTARTS + 1)
+            return None
+        # It died (killed, out of memory) and its kernels with it; their sessions are restored onto new ones.
+        self._zygote_restarts += 1
+        log.warning("kernel zygote restarting (%d of at most %d)", self._zygote_restarts, _ZYGOTE_RESTARTS)
+        self._zygote = asyncio.get_running_loop().create_task(self._start_zygote(self._sandbox))
         zygote = await asyncio.shield(self._zygote)
         return zygote if zygote is not None and zygote.alive else None
 
@@ -113,14 +133,14 @@ class KernelFactory:
         self._uids.used = {k.uid for k in self._kernels if k.uid is not None and k.km.has_kernel}
         return self._uids.take()
 
-    async def start(self, name: str, env: Mapping[str, str] | None, preload: bool = True) -> Kernel:
-        """A ready kernel; ``preload=False`` leaves the heavy modules out (a restore's first kernel: its first
-        result does not wait for them, and the restore imports what its state needs)."""
+    async def start(self, name: str, env: Mapping[str, str] | None, preload: bool = True, fork: bool = True) -> Kernel:
+        """A ready kernel; ``preload=False`` leaves the heavy modules out and ``fork=False`` execs it (a cold
+        start's first kernel: its restore waits neither for the preloads nor for the zygote's boot)."""
         settings = self.settings
         sandbox = await self.sandbox()
         kernel_dir = self.runtime_dir / str(uuid.uuid4())
         kernel_dir.mkdir(mode=0o700)
-        zygote = await self.zygote() if name == settings.kernel_name else None
+        zygote = await self.zygote() if fork and name == settings.kernel_name else None
         uid = self._zygote_uid if zygote is not None else self._take_uid() if sandbox.own_uid else None
         if uid is not None:
             os.chown(kernel_dir, uid, uid)

@@ -118,6 +118,11 @@ class ZygoteClient:
         return cls(proc, ready)
 
     @property
+    def stopped(self) -> bool:
+        """Stopped by the service (closed, or given up after failed forks), not died."""
+        return self._closing
+
+    @property
     def alive(self) -> bool:
         return self.proc.returncode is None and not self._reader.done()
 
@@ -176,7 +181,7 @@ class ZygoteClient:
                     fut.set_exception(ZygoteGone("the kernel zygote has exited"))
             if not self._closing:
                 status = self.proc.returncode
-                log.error("kernel zygote exited (%s), its kernels with it; new kernels are exec'd", status)
+                log.error("kernel zygote exited (%s), its kernels with it", status)
 
     def kill(self) -> None:
         """Stop the zygote at once; its kernels die with it (parent-death signal)."""
