@@ -10,7 +10,9 @@ zygote's sandbox. It reads fork requests as JSON lines on stdin and answers on s
 - when a kernel exits: ``{"exit": p, "status": s}`` (``s`` as ``Popen.returncode``: negative for a signal).
 
 Fork safety: the zygote starts no thread and initialises nothing (no zmq context, no IPython shell); gc is
-frozen before the first fork so that collections do not write to the shared pages. It reaps its children.
+frozen before the first fork so that collections do not write to the shared pages. numpy's OpenBLAS starts a
+worker thread at import, but its pthread_atfork handler stops it before every fork (a kernel starts its own
+on its first BLAS call), so the zygote is single-threaded whenever it forks. It reaps its children.
 A kernel dies with the zygote (parent-death signal), and the zygote with the service (stdin closes; bubblewrap's
 --die-with-parent).
 """
