@@ -54,8 +54,8 @@ from .session import STATE_LOST_NOTICE, Session
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A replica's first kernel waits this long for the session it was started for (a cold start's restore), then
-# goes: by then the warm pool serves new sessions.
+# A replica's first kernel waits for the session it was started for (a cold start's restore) until the warm
+# pool has a kernel ready, or at most this long (no pool), then goes.
 FIRST_KERNEL_HOLD = 10.0
 
 
@@ -121,7 +121,8 @@ class SessionManager:
         )
         self.checkpointer.reply_handover = True  # every session takes its cells' checkpoints out of the replies
         self.kernels = KernelFactory(settings, self._runtime_dir, env_prefix, self.checkpointer)
-        self.pool = KernelPool(self.kernels.start, settings.kernel_name, settings.pool_size)
+        self.pool = KernelPool(self._pool_kernel, settings.kernel_name, settings.pool_size)
+        self._pool_grew = asyncio.Event()
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self._claims: dict[str, _Claim] = {}
@@ -135,14 +136,15 @@ class SessionManager:
         return self._url()
 
     def prestart(self) -> None:
-        """Boot the first kernel now, before the rest of the replica has started (a cold start restores onto
-        it); the warm pool starts filling once it is up, so that two kernels do not boot at once on a small
-        machine. It is started without the preloaded modules: a restore's first result does not wait for them."""
+        """Boot the first kernel now, before the rest of the replica has started: a restore that finds the pool
+        empty (a cold start) takes it. The warm pool starts filling once it is up, so that two kernels do not
+        boot at once on a small machine. It is exec'd without the preloaded modules: the restore's first result
+        waits neither for them nor for the kernel zygote's boot (which starts with the pool)."""
         if self._prestarted:
             return
         self._prestarted = True
         loop = asyncio.get_running_loop()
-        first = loop.create_task(self.kernels.start(self.settings.kernel_name, None, preload=False))
+        first = loop.create_task(self.kernels.start(self.settings.kernel_name, None, preload=False, fork=False))
         self._first = first
         first.add_done_callback(self._fill_pool)
         self._tasks.append(loop.create_task(self._expire_first(first)))
@@ -154,10 +156,20 @@ class SessionManager:
             delay = REFILL_DELAY if self._first is not first else 0.0
             asyncio.get_running_loop().call_later(delay, lambda: None if self.draining else self.pool.start())
 
+    async def _pool_kernel(self, name: str, env: Mapping[str, str] | None) -> Kernel:
+        kernel = await self.kernels.start(name, env)
+        self._pool_grew.set()
+        return kernel
+
     async def _expire_first(self, first: asyncio.Task[Kernel]) -> None:
+        loop = asyncio.get_running_loop()
         try:
             await asyncio.wait({first})
-            await asyncio.sleep(FIRST_KERNEL_HOLD)
+            deadline = loop.time() + FIRST_KERNEL_HOLD
+            while self._first is first and self.pool.ready_count == 0 and loop.time() < deadline:
+                self._pool_grew.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pool_grew.wait(), deadline - loop.time())
         finally:
             if self._first is first:  # no session took it
                 self._first = None
@@ -275,17 +287,11 @@ class SessionManager:
         return session
 
     async def _kernel(self, name: str, env: Mapping[str, str], restore: bool) -> Kernel:
-        """A warm kernel when there is one; else the replica's first kernel (booting since the start: a
-        restore's first result does not wait for the preloaded modules, a new session does); else a new one."""
-        if restore or self.pool.ready_count == 0:
+        """A kernel from the pool; for a restore that finds it empty (a cold start), the replica's first kernel,
+        booting since the start."""
+        if restore and self.pool.ready_count == 0:
             first = await self._first_kernel(name)
             if first is not None:
-                if not restore:
-                    try:
-                        await self.kernels.preload(first)
-                    except BaseException:
-                        await first.shutdown(now=True)
-                        raise
                 return first
         return await self.pool.acquire(name, env)
 
