@@ -19,6 +19,7 @@ A kernel dies with the zygote (parent-death signal), and the zygote with the ser
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -27,6 +28,7 @@ import select
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import isolate
@@ -54,13 +56,14 @@ class Zygote:
         self.keep: list[str] = config.get("keep", [])
         self.pid = os.getpid()
         self.uid, self.gid = os.geteuid(), os.getegid()
-        self.kernels: dict[
-            int, int
-        ] = {}  # the child the zygote forked -> the kernel's pid (the same without isolation)
+        self.kernels: dict[int, int] = {}  # the zygote's child -> the kernel (one process without isolation)
+        self.starting: dict[int, _Starting] = {}  # by the pipe each child answers on
 
     # -- the zygote's side -------------------------------------------------------------------------------
 
-    def fork(self, request: dict[str, Any]) -> dict[str, Any]:
+    def fork(self, request: dict[str, Any]) -> None:
+        """Fork a kernel; its answer comes through ``answer`` once it has its sandbox. Forks overlap: the zygote
+        forks the next one while earlier ones make their namespaces."""
         from_child, to_zygote = os.pipe()
         from_zygote, to_child = os.pipe()
         try:
@@ -75,24 +78,48 @@ class Zygote:
             self._child(request, to_zygote, from_zygote)  # never returns
         os.close(to_zygote)
         os.close(from_zygote)
+        deadline = time.monotonic() + _HANDSHAKE_TIMEOUT
+        self.starting[from_child] = _Starting(request["id"], child, to_child, deadline, mapped=not self.isolate)
+
+    def answer(self, fd: int) -> dict[str, Any] | None:
+        """The next step of the child answering on ``fd``: its id maps, then its pid or why it failed."""
+        starting = self.starting[fd]
         try:
-            if self.isolate:
-                if _read(from_child, 1) != b"u":
-                    raise OSError("the kernel did not make its namespaces")
-                isolate.write_id_maps(child, self.uid, self.gid)
-                os.write(to_child, b"k")
-            answer = _read(from_child, 4096)
-            if not answer.startswith(b"P"):
-                raise OSError(answer[1:].decode(errors="replace") or "the kernel exited while starting")
-            pid = int(answer[1:])
+            data = os.read(fd, 4096)
+            if not data or data.startswith(b"E"):
+                raise OSError(data[1:].decode(errors="replace") or "the kernel exited while starting")
+            if not starting.mapped:
+                if data != b"u":
+                    raise OSError(f"the kernel did not make its namespaces: {data[:100]!r}")
+                isolate.write_id_maps(starting.child, self.uid, self.gid)
+                os.write(starting.to_child, b"k")
+                starting.mapped = True
+                return None
+            if not data.startswith(b"P"):
+                raise OSError(f"unexpected answer from the kernel: {data[:100]!r}")
+            pid = int(data[1:])
         except (OSError, ValueError) as exc:
-            os.kill(child, signal.SIGKILL)
-            return {"id": request["id"], "error": str(exc)}
-        finally:
-            os.close(from_child)
-            os.close(to_child)
-        self.kernels[child] = pid
-        return {"id": request["id"], "pid": pid}
+            return self._failed(fd, str(exc))
+        self._forget(fd)
+        self.kernels[starting.child] = pid
+        return {"id": starting.id, "pid": pid}
+
+    def overdue(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        late = [fd for fd, s in self.starting.items() if s.deadline <= now]
+        return [self._failed(fd, "the kernel did not answer in time") for fd in late]
+
+    def _failed(self, fd: int, why: str) -> dict[str, Any]:
+        starting = self._forget(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(starting.child, signal.SIGKILL)
+        return {"id": starting.id, "error": why}
+
+    def _forget(self, fd: int) -> _Starting:
+        starting = self.starting.pop(fd)
+        os.close(fd)
+        os.close(starting.to_child)
+        return starting
 
     def reap(self) -> list[dict[str, Any]]:
         exits = []
@@ -164,16 +191,29 @@ def _seal(alive: int, sealed: int, network: bool) -> None:
     os.close(sealed)
 
 
-def _answer(zygote: Zygote, line: bytes) -> dict[str, Any]:
-    """One request's answer; a request that fails (a fork refused: no memory, too many processes) fails alone."""
+@dataclass
+class _Starting:
+    """A forked child on its way to being a kernel."""
+
+    id: int
+    child: int
+    to_child: int
+    deadline: float
+    mapped: bool
+
+
+def _request(zygote: Zygote, line: bytes) -> dict[str, Any] | None:
+    """Start one request; an answer now only if it failed at once (a fork refused: no memory, too many
+    processes). A request that fails fails alone."""
     try:
         request = json.loads(line)
     except ValueError as exc:
         return {"id": None, "error": f"unreadable request: {exc}"}
     try:
-        return zygote.fork(request)
+        zygote.fork(request)
     except (OSError, KeyError, TypeError) as exc:
         return {"id": request.get("id") if isinstance(request, dict) else None, "error": repr(exc)}
+    return None
 
 
 def _read(fd: int, size: int) -> bytes:
@@ -272,18 +312,24 @@ def main() -> None:
     out.flush()
     pending = b""
     while True:
-        readable, _, _ = select.select([0, wake_r], [], [])
-        replies: list[dict[str, Any]] = []
+        wait = max(0.0, min((s.deadline for s in zygote.starting.values()), default=60.0) - time.monotonic())
+        readable, _, _ = select.select([0, wake_r, *zygote.starting], [], [], wait)
+        replies: list[dict[str, Any] | None] = []
         if wake_r in readable:
             os.read(wake_r, 4096)
+        replies += [zygote.answer(fd) for fd in readable if fd in zygote.starting]
         if 0 in readable:
             data = os.read(0, 65536)
             if not data:
                 return  # the service is gone; the kernels follow (parent-death signal)
             pending += data
             *lines, pending = pending.split(b"\n")
-            replies += [_answer(zygote, line) for line in lines if line.strip()]
+            for line in lines:  # forks start here; each answers on its own pipe when its sandbox is made
+                if line.strip():
+                    replies.append(_request(zygote, line))
+        replies += zygote.overdue()
         replies += zygote.reap()
+        replies = [r for r in replies if r is not None]
         if replies:
             out.write("".join(json.dumps(r) + "\n" for r in replies))
             out.flush()
