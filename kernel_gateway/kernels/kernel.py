@@ -16,7 +16,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import zmq
@@ -28,6 +28,7 @@ from notebook_state.errors import StateError
 
 from ..types import Channel, JSONDict, KernelListener, KernelMessage
 from .memory_guard import MEMORY_EXIT
+from .wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Kernel:
         self.state = KernelState.STARTING
         self.listener: KernelListener | None = None
         self._session = km.session
-        self._sockets: dict[Channel, zmq.Socket[Any]] = {}
+        self._wire: Wire | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._calls: dict[str, asyncio.Future[KernelMessage]] = {}
         # The service's own requests (checkpoints, env setup): their iopub traffic is not the frontends' business.
@@ -83,15 +84,14 @@ class Kernel:
                 launch["cwd"] = str(cwd)
             await asyncio.wait_for(self.km.start_kernel(**launch), timeout)
             identity = self._session.bsession
-            self._sockets = {
+            sockets: dict[Channel, zmq.Socket[Any]] = {
                 Channel.SHELL: self.km.connect_shell(identity=identity),
                 Channel.STDIN: self.km.connect_stdin(identity=identity),
                 Channel.CONTROL: self.km.connect_control(identity=identity),
                 Channel.IOPUB: self.km.connect_iopub(),
             }
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._read(channel, sock)) for channel, sock in self._sockets.items()]
-            self._tasks.append(loop.create_task(self._watch_liveness()))
+            self._wire = Wire(sockets, self._receive)
+            self._tasks = [asyncio.get_running_loop().create_task(self._watch_liveness())]
             await asyncio.wait_for(self._wait_ready(), timeout)
         except BaseException as exc:
             await self.shutdown(now=True)
@@ -117,8 +117,8 @@ class Kernel:
         self.listener = None
         for task in self._tasks:
             task.cancel()
-        for sock in self._sockets.values():
-            sock.close(linger=0)
+        if self._wire is not None:
+            self._wire.close()
         self._fail_calls(KernelDied("kernel shut down"))
         with contextlib.suppress(Exception):
             if self.km.has_kernel:
@@ -146,19 +146,15 @@ class Kernel:
 
     def send(self, msg: KernelMessage) -> None:
         """Forward a frontend's message, keeping its header, so that replies name the frontend's msg_id."""
-        sock = self._sockets.get(msg.channel)
-        if sock is None or (self.state is not KernelState.READY and self.state is not KernelState.STARTING):
+        wire = self._wire
+        if wire is None or (self.state is not KernelState.READY and self.state is not KernelState.STARTING):
             raise KernelDied(f"kernel {self.id} is {self.state.value}")
-        self._session.send(
-            sock,
-            {
-                "header": msg.header,
-                "parent_header": msg.parent_header,
-                "metadata": msg.metadata,
-                "content": msg.content,
-            },
-            buffers=msg.buffers or None,
+        # jupyter_client's session packs and signs; the wire sends.
+        parts: list[Any] = self._session.serialize(
+            {"header": msg.header, "parent_header": msg.parent_header, "metadata": msg.metadata, "content": msg.content}
         )
+        parts.extend(msg.buffers)
+        wire.send(msg.channel, parts)
 
     def new_message(self, channel: Channel, msg_type: str, content: JSONDict) -> KernelMessage:
         """A message originated by the service, signed with this kernel's session."""
@@ -189,35 +185,27 @@ class Kernel:
 
     # -- receiving ---------------------------------------------------------------------------------------
 
-    async def _read(self, channel: Channel, sock: zmq.Socket[Any]) -> None:
-        while True:
+    def _receive(self, channel: Channel, frames: list[bytes]) -> None:
+        msg = self._decode(channel, frames)
+        if msg is None:
+            return
+        if channel is Channel.IOPUB:
+            self._iopub_seen.set()
+            if msg.parent_id in self._internal:
+                if msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
+                    self._internal.discard(msg.parent_id)
+                return
+        fut = self._calls.get(msg.parent_id)
+        if fut is not None and channel is not Channel.IOPUB:
+            if not fut.done():
+                fut.set_result(msg)
+            return
+        listener = self.listener
+        if listener is not None:
             try:
-                frames: list[bytes] = await cast(zmq.asyncio.Socket, sock).recv_multipart()
-            except (asyncio.CancelledError, zmq.ContextTerminated):
-                return
-            except zmq.ZMQError as exc:
-                log.warning("kernel %s: %s channel closed: %s", self.id, channel.value, exc)
-                return
-            msg = self._decode(channel, frames)
-            if msg is None:
-                continue
-            if channel is Channel.IOPUB:
-                self._iopub_seen.set()
-                if msg.parent_id in self._internal:
-                    if msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
-                        self._internal.discard(msg.parent_id)
-                    continue
-            fut = self._calls.get(msg.parent_id)
-            if fut is not None and channel is not Channel.IOPUB:
-                if not fut.done():
-                    fut.set_result(msg)
-                continue
-            listener = self.listener
-            if listener is not None:
-                try:
-                    listener.on_kernel_message(msg)
-                except Exception:
-                    log.exception("kernel %s: listener failed on %s", self.id, msg.msg_type)
+                listener.on_kernel_message(msg)
+            except Exception:
+                log.exception("kernel %s: listener failed on %s", self.id, msg.msg_type)
 
     def _decode(self, channel: Channel, frames: list[bytes]) -> KernelMessage | None:
         try:
