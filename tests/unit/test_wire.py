@@ -1,0 +1,71 @@
+"""A kernel's sockets read straight from their file descriptors (``kernels.wire``), against real ZMQ peers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from kernel_gateway.kernels.wire import Wire
+from kernel_gateway.types import Channel
+
+
+async def wait_for(condition: Any, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_every_message_arrives_in_order_past_a_batch(tmp_path: Path) -> None:
+    ctx = zmq.asyncio.Context()
+    kernel_side = zmq.Context.shadow(ctx.underlying).socket(zmq.ROUTER)
+    kernel_side.bind(f"ipc://{tmp_path}/shell")
+    ours = ctx.socket(zmq.DEALER)
+    ours.setsockopt(zmq.IDENTITY, b"svc")
+    ours.connect(f"ipc://{tmp_path}/shell")
+    got: list[list[bytes]] = []
+    wire = Wire({Channel.SHELL: ours}, lambda channel, frames: got.append(frames))
+    try:
+        wire.send(Channel.SHELL, [b"hello"])
+        await wait_for(lambda: kernel_side.poll(0))
+        ident, body = kernel_side.recv_multipart()
+        assert (ident, body) == (b"svc", b"hello")
+        # More than one batch at once: the wire reads them all, in order, giving the loop a turn in between.
+        for n in range(300):
+            kernel_side.send_multipart([b"svc", str(n).encode()])
+        await wait_for(lambda: len(got) == 300)
+        assert [int(frames[0]) for frames in got] == list(range(300))
+        # A reply that arrives while we send is not missed (the socket's FD is edge-triggered).
+        kernel_side.send_multipart([b"svc", b"late"])
+        wire.send(Channel.SHELL, [b"again"])
+        await wait_for(lambda: len(got) == 301)
+        assert got[-1] == [b"late"]
+    finally:
+        wire.close()
+        kernel_side.close(linger=0)
+        ctx.term()
+
+
+async def test_a_closed_wire_stops_reading(tmp_path: Path) -> None:
+    ctx = zmq.asyncio.Context()
+    pub = zmq.Context.shadow(ctx.underlying).socket(zmq.PUB)
+    pub.bind(f"ipc://{tmp_path}/iopub")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"ipc://{tmp_path}/iopub")
+    got: list[list[bytes]] = []
+    wire = Wire({Channel.IOPUB: sub}, lambda channel, frames: got.append(frames))
+    try:
+        async with asyncio.timeout(30):
+            while not got:  # a SUB socket drops what is published before its subscription arrives
+                pub.send_multipart([b"status"])
+                await asyncio.sleep(0.02)
+        wire.close()
+        assert sub.closed
+    finally:
+        wire.close()
+        pub.close(linger=0)
+        ctx.term()
