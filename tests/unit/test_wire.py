@@ -15,7 +15,7 @@ from kernel_gateway.types import Channel
 
 async def wait_for(condition: Any, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - the condition is a peer socket's state, no event to wait on
             await asyncio.sleep(0.01)
 
 
