@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loadtests.common import HOST
+from loadtests.common import HOST, log
 
 _CONNECT_TIMEOUT = 5.0
 
@@ -126,7 +126,8 @@ class Activator:
                 b_reader, b_writer = await asyncio.wait_for(
                     asyncio.open_connection(HOST, self.backend.port), _CONNECT_TIMEOUT
                 )
-            except Exception:  # (the client sees its connection closed, as with a failed revision)
+            except Exception as exc:  # (the client sees its connection closed, as with a failed revision)
+                log("compare", f"{self.name}: could not reach its backend: {type(exc).__name__}: {exc}"[:2000])
                 writer.close()
                 return
 

@@ -101,9 +101,20 @@ def redis_version(url: str) -> str:
         client.close()
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (with SO_REUSEADDR, as servers bind: TIME_WAIT is no use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class ProcessBackend:
-    """A process an activator starts on demand, always on the same port (so a restart is a restart in place)."""
+    """A process an activator starts on demand, on the same port each time unless another program took it."""
 
     name: str
     port: int
@@ -117,6 +128,10 @@ class ProcessBackend:
         raise NotImplementedError
 
     def start(self) -> None:
+        if not port_free(self.port):
+            # Its port was picked when the model started and is not held while the process is down: on a busy
+            # machine another program may take it meanwhile. Only the front's port is the user's address.
+            self.port = free_port()
         argv, env, ready_url, headers = self.command()
         self.workdir.mkdir(parents=True, exist_ok=True)
         proc = ManagedProcess.start(self.name, argv, env, self.workdir, tag=TAG)
