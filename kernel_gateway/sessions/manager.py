@@ -130,6 +130,8 @@ class SessionManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._first: asyncio.Task[Kernel] | None = None  # the first kernel, until a session takes it
         self._prestarted = False
+        self._first_done = False
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -137,24 +139,31 @@ class SessionManager:
 
     def prestart(self) -> None:
         """Boot the first kernel now, before the rest of the replica has started: a restore that finds the pool
-        empty (a cold start) takes it. The warm pool starts filling once it is up, so that two kernels do not
-        boot at once on a small machine. It is exec'd without the preloaded modules: the restore's first result
-        waits neither for them nor for the kernel zygote's boot (which starts with the pool)."""
+        empty (a cold start) takes it. It is exec'd without the preloaded modules: the restore's first result
+        waits neither for them nor for the kernel zygote's boot. The warm pool (and the zygote) start once it is
+        up and the replica has started, so that on a small machine they do not boot alongside it or alongside
+        the service's imports."""
         if self._prestarted:
             return
         self._prestarted = True
         loop = asyncio.get_running_loop()
         first = loop.create_task(self.kernels.start(self.settings.kernel_name, None, preload=False, fork=False))
         self._first = first
-        first.add_done_callback(self._fill_pool)
+        first.add_done_callback(lambda _: self._first_up())
         self._tasks.append(loop.create_task(self._expire_first(first)))
 
-    def _fill_pool(self, first: asyncio.Task[Kernel]) -> None:
-        # Launching a kernel blocks the loop for a moment: when a restore already waits on the first kernel, its
+    def _first_up(self) -> None:
+        self._first_done = True
+        self._fill_pool()
+
+    def _fill_pool(self) -> None:
+        """Start the pool once the first kernel is up and start() has run (whichever comes last)."""
+        if self.draining or not self._started or (self._prestarted and not self._first_done):
+            return
+        # Launching a kernel blocks the loop for a moment: when a restore already took the first kernel, its
         # first result goes before the pool's first launch (as the pool itself waits after a kernel is taken).
-        if not self.draining:
-            delay = REFILL_DELAY if self._first is not first else 0.0
-            asyncio.get_running_loop().call_later(delay, lambda: None if self.draining else self.pool.start())
+        delay = REFILL_DELAY if self._prestarted and self._first is None else 0.0
+        asyncio.get_running_loop().call_later(delay, lambda: None if self.draining else self.pool.start())
 
     async def _pool_kernel(self, name: str, env: Mapping[str, str] | None) -> Kernel:
         kernel = await self.kernels.start(name, env)
@@ -196,8 +205,8 @@ class SessionManager:
 
     async def start(self) -> None:
         self.check_kernel_name(self.settings.kernel_name)
-        if not self._prestarted:
-            self.pool.start()
+        self._started = True
+        self._fill_pool()
         loop = asyncio.get_running_loop()
         keeper = LeaseKeeper(
             self.sessions,
