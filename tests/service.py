@@ -92,12 +92,23 @@ def start_service(
     box: list[str] = []
     threading.Thread(target=_pump, args=(proc, log, found, box), daemon=True).start()
     if not found.wait(STARTUP_TIMEOUT) or not box:
-        proc.kill()
+        _kill_group(proc)
         raise RuntimeError("service did not start:\n" + "".join(log))
     service = Service(proc, box[0], token, log)
     if ready:
-        service.wait_ready()
+        try:
+            service.wait_ready()
+        except BaseException:
+            _kill_group(proc)  # a service that never became ready must not outlive the test that started it
+            raise
     return service
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
 
 
 @contextmanager
