@@ -40,7 +40,9 @@ if os.geteuid() == 0:
     c.Spawner.args.append("--allow-root")
 c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": activity, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
 c.Spawner.start_timeout = 300
-c.Spawner.http_timeout = 300
+# A server that died while starting fails its spawn after this (JupyterHub's default is 30 s; with 300 s one
+# dead server of 50 held the idle phase for five minutes). A slow start on a busy machine still fits.
+c.Spawner.http_timeout = 60
 
 c.JupyterHub.services = [{"name": "skg-compare", "api_token": env["SKG_CMP_ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [
