@@ -72,7 +72,13 @@ async def owner_lapsed(gw: Gateway, owner: Owner) -> str:
             if time.monotonic() - confirmed > ttl:
                 return f"the owner {owner.url} did not answer and the state store cannot confirm its lease"
             continue
-        lease = record.lease if record is not None else None
+        if record is None:
+            # The session was deleted: by the owner answering this very request (a DELETE forwarded to it
+            # releases the lease before its 204 is sent), or by someone else; either way the owner's own answer
+            # is the true one, and the forward's timeout bounds the wait for it.
+            confirmed = time.monotonic()
+            continue
+        lease = record.lease
         if lease is None or (lease.owner, lease.epoch) != (owner.replica, owner.epoch):
             return f"the owner {owner.url} stopped answering and its lease lapsed"
         confirmed = time.monotonic()

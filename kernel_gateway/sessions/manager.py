@@ -488,9 +488,13 @@ class SessionManager:
         record = await self._store(self.store.get(session_id)) if session is None else None
         if session is None and record is None:
             raise SessionNotFound(session_id)
-        if session is not None:
-            await session.close()
+        # The state goes first, and the kernel is killed, not asked to exit: its state is being thrown away, and
+        # ipykernel sometimes takes jupyter_client's whole shutdown wait (2.5-5 s) to answer a shutdown request,
+        # which a replica forwarding this DELETE would take for a lapsed lease (the lease is no longer renewed
+        # once the session left ``self.sessions``).
         await self._store(self.store.delete(session_id))
+        if session is not None:
+            await session.close(graceful=False)
         log.info("session %s deleted", session_id)
 
     async def drop(self, session: Session, release: bool, dead: bool = False, reason: str = "session moved") -> None:

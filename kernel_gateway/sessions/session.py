@@ -387,9 +387,10 @@ class Session:
     def status_message(self, state: str, extra: JSONDict | None = None) -> KernelMessage:
         return self.kernel.new_message(Channel.IOPUB, "status", {"execution_state": state, **(extra or {})})
 
-    async def close(self, dead: bool = True, reason: str = "session moved") -> list[str]:
+    async def close(self, dead: bool = True, reason: str = "session moved", graceful: bool | None = None) -> list[str]:
         """Shut the kernel down; attached frontends are told the kernel is dead (or just disconnected, with
-        ``reason``). Returns the WebSocket cells that ran but were never acknowledged."""
+        ``reason``). The kernel is asked to exit when it is dead to its frontends, killed when it moves on
+        (``graceful`` decides otherwise). Returns the WebSocket cells that ran but were never acknowledged."""
         if self.state is SessionState.CLOSED:
             return []
         self.state = SessionState.CLOSED
@@ -410,7 +411,7 @@ class Session:
         for conn in list(self.connections):
             _close(conn, 1000 if dead else CLOSE_SESSION_MOVED, "kernel shut down" if dead else reason)
         with contextlib.suppress(Exception):
-            await kernel.shutdown(now=not dead)
+            await kernel.shutdown(now=not (dead if graceful is None else graceful))
         if self.persistence is not None:
             self.persistence.forget(kernel)
         return unacknowledged
