@@ -146,7 +146,9 @@ def make_bwrap_argv(
     for hidden in hide:
         argv += ["--tmpfs", hidden]
     for needed in needed_paths():
-        if _under(needed, private + hide):
+        # A private or hidden directory itself is never bound back (the service started in /tmp has it on its
+        # import path): that would give the kernel the host's /tmp, read-only, instead of its own.
+        if _under(needed, private + hide) and needed not in private + hide:
             argv += ["--ro-bind", needed, needed]
     for bind in options.binds:
         argv += ["--bind-try", str(bind), str(bind)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,9 @@ def test_browser_checks(host: str, origin: str | None, ok: bool) -> None:
 # -- the sandbox as data ---------------------------------------------------------------------------------
 
 
-def test_bwrap_command_line_hides_the_service_and_other_kernels(tmp_path: Path) -> None:
+def test_bwrap_command_line_hides_the_service_and_other_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = Path(__file__).parent  # any directory that exists, outside /tmp (which is private anyway)
     kernel_dir = Path("/var/lib/skg/runtime/kernel-1")
     options = SandboxOptions(hidden=(data,), binds=(tmp_path / "shared",), network=False)
@@ -267,6 +270,10 @@ def test_bwrap_command_line_hides_the_service_and_other_kernels(tmp_path: Path) 
     assert argv[-1] == "--"
     root = make_bwrap_argv("bwrap", kernel_dir, options, userns=False)
     assert "--cap-drop" in root and "--unshare-user" not in root
+    # A service started in /tmp has /tmp on its import path: the kernel still gets a /tmp of its own.
+    monkeypatch.setattr(sys, "path", ["/tmp", *sys.path])
+    in_tmp = " ".join(make_bwrap_argv("bwrap", kernel_dir, options, userns=True))
+    assert "--tmpfs /tmp" in in_tmp and "--ro-bind /tmp /tmp" not in in_tmp
     assert make_setpriv_argv(51_000, keep_bwrap=False)[:3] == ["setpriv", "--reuid=51000", "--regid=51000"]
 
 
