@@ -21,6 +21,7 @@ import pytest
 
 from kernel_gateway.kernels.factory import fork_kernels
 from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, make_bwrap_argv
+from kernel_gateway.kernels.zygote import next_wait
 from tests.kernel_process import CONNECTION_FILE, alive, host_pid
 from tests.service import Service, running_service, start_service
 from tests.test_sandbox import (  # noqa: F401  (the same tests, against exec'd kernels: the fixture below)
@@ -212,3 +213,11 @@ def test_the_zygote_sandbox_lets_kernels_make_namespaces_of_their_own(tmp_path: 
     as_root = make_bwrap_argv("bwrap", tmp_path, SandboxOptions(), userns=False, zygote=True)
     assert as_root[as_root.index("--cap-add") + 1] == "CAP_SETFCAP"  # to map a kernel's uid 0, nothing else
     assert "--die-with-parent" in zygote
+
+
+def test_an_idle_zygote_sleeps_until_its_next_deadline() -> None:
+    # A busy loop here burned a whole core per replica while no kernel was starting.
+    now = 10_000.0  # time.monotonic() on a machine up for hours
+    assert next_wait([], now) == 60.0
+    assert next_wait([now + 2.5, now + 9.0], now) == 2.5
+    assert next_wait([now - 1.0], now) == 0.0

@@ -293,6 +293,12 @@ def _preload(modules: list[str]) -> list[str]:
     return loaded
 
 
+def next_wait(deadlines: list[float], now: float, idle: float = 60.0) -> float:
+    """Seconds to wait for the next event: until the nearest handshake deadline, else ``idle``. Deadlines are
+    points in time: an idle default taken as one made every wait zero, and the zygote spun."""
+    return max(0.0, min(deadlines, default=now + idle) - now)
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     started = time.perf_counter()
@@ -312,7 +318,7 @@ def main() -> None:
     out.flush()
     pending = b""
     while True:
-        wait = max(0.0, min((s.deadline for s in zygote.starting.values()), default=60.0) - time.monotonic())
+        wait = next_wait([s.deadline for s in zygote.starting.values()], time.monotonic())
         readable, _, _ = select.select([0, wake_r, *zygote.starting], [], [], wait)
         replies: list[dict[str, Any] | None] = []
         if wake_r in readable:
