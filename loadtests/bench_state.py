@@ -171,9 +171,13 @@ class ExecuteError(BenchError):
 
 
 def start_replica(name: str, base: Path, redis_url: str, signing_key: str, token: str, *args: str) -> Replica:
+    # The corpus's files live in a directory both replicas' kernels see (sandboxed kernels have a /tmp of their
+    # own): a file handle replayed on replica B opens the file replica A's kernel wrote.
+    shared = base / "corpus-files"
+    shared.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "kernel_gateway", "--port", "0", "--host", HOST, "--data-dir", str(base / name),
            "--token", token, "--pool-size", "1", "--lease-ttl", str(LEASE_TTL), "--evict-idle-after", "0",
-           *args]  # fmt: skip
+           "--sandbox-bind", json.dumps([str(shared)]), *args]  # fmt: skip
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",

@@ -185,6 +185,21 @@ server = socket.create_server(("127.0.0.1", 0))
         assert any("kernel zygote: pid" in line for line in service.log)  # forked, not exec'd
 
 
+def test_a_sandbox_bind_under_tmp_reaches_a_forked_kernel_read_write(tmp_path: Path) -> None:
+    # A forked kernel makes /tmp its own: the operator's --sandbox-bind directories there are bound back.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host.txt").write_text("hello")
+    args = ["--pool-size", "0", "--kernel-launch", "fork", "--sandbox-bind", f'["{shared}"]']
+    with running_service(tmp_path, args) as service:
+        written, read = str(shared / "from-kernel.txt"), str(shared / "from-host.txt")
+        code = f"open({written!r}, 'w').write('back'); open({read!r}).read()"
+        assert value(run(service, code)) == "hello"
+        assert (shared / "from-kernel.txt").read_text() == "back"
+        assert any("kernel zygote: pid" in line for line in service.log)
+        assert not any("could not fork" in line for line in service.log)  # forked, not exec'd after a failure
+
+
 def value_session(svc: Service) -> str:
     reply = run(svc, "1")
     assert reply["status"] == "ok", reply

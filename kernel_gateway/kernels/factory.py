@@ -92,6 +92,7 @@ class KernelFactory:
             "isolate": sandbox.kind is SandboxKind.BWRAP, "network": self._options.network,
             "tmp_size": self._options.tmp_size, "preload": list(self.settings.preload_modules),
             "keep": [p for p in needed_paths() if p.startswith(("/tmp/", "/dev/shm/"))],
+            "shared": [str(b) for b in self._options.binds if str(b).startswith(("/tmp/", "/dev/shm/"))],
         }  # fmt: skip
         try:
             prefix = sandbox.zygote_prefix(self.runtime_dir, uid)

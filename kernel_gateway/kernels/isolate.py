@@ -94,14 +94,15 @@ def write_id_maps(pid: int, uid: int, gid: int) -> None:
     _write(f"/proc/{pid}/gid_map", f"{gid} {gid} 1")
 
 
-def private_mounts(kernel_dir: str, tmp_size: int, keep: Sequence[str] = ()) -> None:
+def private_mounts(kernel_dir: str, tmp_size: int, keep: Sequence[str] = (), shared: Sequence[str] = ()) -> None:
     """A private /tmp and /dev/shm, and of the runtime directory only ``kernel_dir``. What the zygote's sandbox
     hides stays hidden: those mounts came from a more privileged namespace, so they are locked. ``keep``: what
     the kernel needs under /tmp or /dev/shm (the interpreter, the packages), bound back read-only, as
-    bubblewrap does for an exec'd kernel."""
+    bubblewrap does for an exec'd kernel; ``shared``: the operator's ``--sandbox-bind`` directories there,
+    bound back read-write."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing here propagates back to the zygote
     own = os.open(kernel_dir, os.O_PATH | os.O_DIRECTORY)  # kept across the tmpfs that covers its siblings
-    kept = {path: os.open(path, os.O_PATH) for path in keep if os.path.exists(path)}
+    kept = {path: os.open(path, os.O_PATH) for path in (*keep, *shared) if os.path.exists(path)}
     try:
         for path in ("/tmp", "/dev/shm"):
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
@@ -117,7 +118,8 @@ def private_mounts(kernel_dir: str, tmp_size: int, keep: Sequence[str] = ()) -> 
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            writable = MS_RDONLY if path not in shared else 0
+            mount(None, path, None, MS_BIND | MS_REMOUNT | writable | MS_NOSUID | MS_NODEV)
         if os.path.isdir("/dev/pts"):  # terminals of its own (bubblewrap's /dev is the zygote's, shared)
             mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
     finally:

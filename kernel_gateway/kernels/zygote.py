@@ -54,6 +54,7 @@ class Zygote:
         self.network: bool = config["network"]
         self.tmp_size: int = config["tmp_size"]
         self.keep: list[str] = config.get("keep", [])
+        self.shared: list[str] = config.get("shared", [])
         self.pid = os.getpid()
         self.uid, self.gid = os.geteuid(), os.getegid()
         self.kernels: dict[int, int] = {}  # the zygote's child -> the kernel (one process without isolation)
@@ -148,7 +149,7 @@ class Zygote:
                 os.write(to_zygote, b"u")
                 if os.read(from_zygote, 1) != b"k":
                     os._exit(1)
-                isolate.private_mounts(request["kernel_dir"], self.tmp_size, self.keep)
+                isolate.private_mounts(request["kernel_dir"], self.tmp_size, self.keep, self.shared)
                 alive_r, alive_w = os.pipe()
                 sealed_r, sealed_w = os.pipe()
                 kernel = os.fork()
