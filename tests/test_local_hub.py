@@ -29,6 +29,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.jupyter_ws import run_cell
+from tests.kernel_process import host_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "demo-password-7"
@@ -197,7 +198,9 @@ def test_login_spawn_run_on_gateway_stop(hub: LocalHub) -> None:
         for p in psutil.Process(hub.proc.pid).children()
         if "kernel_gateway" in " ".join(p.cmdline())
     )  # fmt: skip
-    assert any(connection_file in p.cmdline() for p in gateway.children(recursive=True))
+    # Exec'd or forked from the gateway's zygote (whose command line it keeps), the kernel is the process
+    # serving that connection file's sockets.
+    assert host_pid(connection_file) in {p.pid for p in gateway.children(recursive=True)}
 
     # Stop the server through the REST API; the hub reports it gone.
     with hub.admin() as admin:
