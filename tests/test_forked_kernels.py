@@ -7,11 +7,11 @@ Memory shared with the zygote is measured by the benchmark (skg-bench), not here
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,13 @@ import psutil
 import pytest
 
 from kernel_gateway.kernels.factory import fork_kernels
+from kernel_gateway.kernels.kernel import Kernel
 from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, make_bwrap_argv
 from kernel_gateway.kernels.zygote import next_wait
+from kernel_gateway.replica import open_replica
+from kernel_gateway.settings import Settings
+from kernel_gateway.types import Channel
+from notebook_state.types import REPLY_KEY
 from tests.kernel_process import CONNECTION_FILE, alive, host_pid
 from tests.service import Service, running_service, start_service
 from tests.test_sandbox import (  # noqa: F401  (the same tests, against exec'd kernels: the fixture below)
@@ -31,6 +36,7 @@ from tests.test_sandbox import (  # noqa: F401  (the same tests, against exec'd 
     test_tmp_is_private_and_the_service_files_are_hidden,
     two_kernels,
 )
+from tests.waiting import wait_for
 
 
 def run(svc: Service, code: str, session: str | None = None) -> dict[str, Any]:
@@ -43,15 +49,6 @@ def value(reply: dict[str, Any]) -> Any:
     assert reply["status"] == "ok", reply
     text = next(o for o in reply["outputs"] if o["output_type"] == "execute_result")["data"]["text/plain"]
     return ast.literal_eval(text)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +195,41 @@ def test_a_sandbox_bind_under_tmp_reaches_a_forked_kernel_read_write(tmp_path: P
         assert (shared / "from-kernel.txt").read_text() == "back"
         assert any("kernel zygote: pid" in line for line in service.log)
         assert not any("could not fork" in line for line in service.log)  # forked, not exec'd after a failure
+
+
+def test_a_forked_kernel_tracks_cells_from_its_start_without_an_install_request(tmp_path: Path) -> None:
+    # The forked kernel installs the capture module itself before it serves (zygote.py); an exec'd one is sent
+    # an install request. Either way the first cell's checkpoint rides in its execute_reply.
+    settings = Settings(data_dir=tmp_path, pool_size=0, kernel_launch="fork", preload_modules=[])
+
+    async def scenario() -> list[tuple[bool, bool, int, bool]]:
+        manager = open_replica(settings, lambda: "http://127.0.0.1:1").manager
+        factory, installs = manager.kernels, []
+        install = factory.checkpointer.install
+
+        async def counted(kernel: Any, timeout: float) -> None:
+            installs.append(kernel.id)
+            await install(kernel, timeout)
+
+        factory.checkpointer.install = counted  # type: ignore[method-assign]
+        seen = []
+        try:
+            for fork in (True, False):
+                kernel: Kernel = await factory.start(settings.kernel_name, None, fork=fork)
+                cell = {"code": "x = 41", "silent": False, "store_history": True, "user_expressions": {},
+                        "allow_stdin": False}  # fmt: skip
+                reply = await kernel.call(Channel.SHELL, "execute_request", cell, timeout=60)
+                assert reply.content["status"] == "ok", reply.content
+                seen.append((kernel.forked, kernel.captured, installs.count(kernel.id), REPLY_KEY in reply.metadata))
+                await kernel.shutdown(now=True)
+        finally:
+            zygote = await factory.zygote()
+            await manager.close()
+            if zygote is not None:
+                await zygote.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [(True, True, 0, True), (False, False, 1, True)]
 
 
 def value_session(svc: Service) -> str:

@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.jupyter_ws import run_cell
 from tests.kernel_process import CONNECTION_FILE, host_pid, kernel_dir
 from tests.service import running_service, start_service
+from tests.waiting import wait_for
 
 
 def _alive(pid: int) -> bool:
@@ -33,15 +33,6 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_sigterm_lets_running_cell_finish_then_exits_cleanly(tmp_path: Path) -> None:
@@ -67,9 +58,9 @@ def test_sigterm_lets_running_cell_finish_then_exits_cleanly(tmp_path: Path) -> 
 
             worker = threading.Thread(target=slow)
             worker.start()
-            _wait(lambda: c.get(f"/sessions/{sid['session']}").json()["execution_state"] == "busy")
+            wait_for(lambda: c.get(f"/sessions/{sid['session']}").json()["execution_state"] == "busy")
             service.proc.send_signal(signal.SIGTERM)
-            _wait(lambda: httpx.get(service.url + "/readyz").status_code == 503)
+            wait_for(lambda: httpx.get(service.url + "/readyz").status_code == 503)
             # Draining: still listening, but not ready, and no new work.
             for path, body in (("/execute", {"code": "1"}), ("/sessions", {}), ("/api/kernels", {})):
                 refused = httpx.post(service.url + path, json=body)

@@ -153,12 +153,16 @@ class KernelFactory:
             full_env["HOME"] = str(kernel_dir)
             cwd = kernel_dir
         full_env.update(env or {})
+        # A forked kernel installs the capture module itself before it serves: no install request to wait for.
+        capture = None
+        if zygote is not None and settings.checkpoint and name == settings.kernel_name:
+            capture = {"auto_dir": str(kernel_dir / "auto"), "reply": self.checkpointer.reply_handover}
         try:
             try:
                 prefix = [] if zygote is not None else sandbox.prefix(kernel_dir, uid)
                 kernel = await start_kernel(
                     name, self.context, kernel_dir, full_env, settings.kernel_startup_timeout, prefix, uid, cwd,
-                    zygote,
+                    zygote, capture,
                 )  # fmt: skip
             except KernelStartFailed as exc:
                 if zygote is None or not isinstance(exc.__cause__, ZygoteGone):
@@ -182,7 +186,8 @@ class KernelFactory:
         if name != settings.kernel_name:
             return kernel
         try:
-            if settings.checkpoint:
+            captured = kernel.captured and str(self.checkpointer.auto_dir(kernel)) == str(kernel_dir / "auto")
+            if settings.checkpoint and not captured:
                 await self.checkpointer.install(kernel, settings.kernel_startup_timeout)
             if preload and not kernel.forked:  # a forked kernel has them from the zygote
                 await self.preload(kernel)

@@ -127,11 +127,14 @@ class ZygoteClient:
         return self.proc.returncode is None and not self._reader.done()
 
     async def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, kernel_dir: Path,
-                   timeout: float) -> ForkedProcess:  # fmt: skip
+                   timeout: float, capture: Mapping[str, Any] | None = None) -> ForkedProcess:  # fmt: skip
+        """A kernel forked and sealed in its sandbox; with ``capture`` (``{"auto_dir", "reply"}``) it has
+        installed the capture module before serving (``zygote.py``)."""
         if not self.alive:
             raise ZygoteGone("the kernel zygote has exited")
         rid = next(self._ids)
-        request = {"id": rid, "argv": list(argv), "env": dict(env), "cwd": cwd, "kernel_dir": str(kernel_dir)}
+        request = {"id": rid, "argv": list(argv), "env": dict(env), "cwd": cwd, "kernel_dir": str(kernel_dir),
+                   "capture": dict(capture) if capture is not None else None}  # fmt: skip
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
@@ -207,13 +210,16 @@ class ForkProvisioner(LocalProvisioner):
     zygote: ZygoteClient | None = None
     kernel_dir: Path | None = None
     fork_timeout: float = 60.0
+    capture: Mapping[str, Any] | None = None  # the kernel installs the capture module itself (``ZygoteClient.fork``)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.zygote is not None and self.kernel_dir is not None
         argv = cmd[cmd.index("ipykernel_launcher") + 1 :] if "ipykernel_launcher" in cmd else cmd[1:]
         env = kwargs.get("env") or {}
         cwd = kwargs.get("cwd")
-        process = await self.zygote.fork(argv, env, str(cwd) if cwd else None, self.kernel_dir, self.fork_timeout)
+        process = await self.zygote.fork(
+            argv, env, str(cwd) if cwd else None, self.kernel_dir, self.fork_timeout, self.capture
+        )
         self.process = process  # type: ignore[assignment]  # as much of Popen as LocalProvisioner uses
         self.pid = process.pid
         self.pgid = None  # signals go to the kernel alone, through its pidfd

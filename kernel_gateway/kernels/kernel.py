@@ -64,6 +64,7 @@ class Kernel:
         self.uid: int | None = None  # the uid of its own it runs as, when the sandbox gives it one
         self.memory_limit: int | None = None  # bytes of address space the kernel may use, once set
         self.forked = False  # forked from the replica's zygote (its preloaded modules come with it)
+        self.captured = False  # the capture module was installed by the kernel itself, at start
         self.state = KernelState.STARTING
         self.listener: KernelListener | None = None
         self._session = km.session
@@ -101,13 +102,26 @@ class Kernel:
         self.state = KernelState.READY
 
     async def _wait_ready(self) -> None:
-        # An iopub SUB socket drops what is published before its subscription reaches the kernel, so keep
-        # nudging with kernel_info until a reply arrives on shell *and* something has arrived on iopub.
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await self.call(Channel.SHELL, "kernel_info_request", {}, timeout=1.0)
-                await asyncio.wait_for(self._iopub_seen.wait(), 0.2)
-                return
+        # Ready once something arrives on iopub: from then on nothing the kernel publishes is lost, and requests
+        # sent meanwhile wait in the shell socket's queue. ipykernel >= 7 greets each subscriber (iopub_welcome)
+        # as soon as its iopub thread runs, before the kernel has finished initialising, so the first request
+        # goes without waiting for a kernel_info round trip. An older kernel publishes only statuses, which a
+        # SUB socket drops until its subscription has reached the kernel: so keep nudging with kernel_info.
+        loop = asyncio.get_running_loop()
+        seen = loop.create_task(self._iopub_seen.wait())
+        try:
+            while not seen.done():
+                # Left running once iopub answers: its reply is still the service's, never a frontend's.
+                nudge = loop.create_task(self.call(Channel.SHELL, "kernel_info_request", {}, timeout=1.0))
+                nudge.add_done_callback(_retrieved)
+                await asyncio.wait({nudge, seen}, return_when=asyncio.FIRST_COMPLETED)
+                if nudge.done() and not seen.done():
+                    failure = nudge.exception()
+                    if failure is not None and not isinstance(failure, asyncio.TimeoutError):
+                        raise failure
+                    await asyncio.wait({seen}, timeout=0.2)
+        finally:
+            seen.cancel()
 
     async def shutdown(self, now: bool = False) -> None:
         """Stop the process and close the channels. Safe to call more than once."""
@@ -253,3 +267,9 @@ class Kernel:
             if not fut.done():
                 fut.set_exception(exc)
         self._calls.clear()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A background request's outcome, taken so that asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -96,10 +96,13 @@ async def start_kernel(
     kernel_uid: int | None = None,
     cwd: Path | None = None,
     zygote: ZygoteClient | None = None,
+    capture: Mapping[str, Any] | None = None,
 ) -> Kernel:
     """Start a kernel of kernelspec ``name`` whose files all live in ``kernel_dir``; wait until it is ready.
 
-    With ``zygote``, the kernel is forked from it (``forked.py``) instead of exec'd behind ``launch_prefix``."""
+    With ``zygote``, the kernel is forked from it (``forked.py``) instead of exec'd behind ``launch_prefix``;
+    then ``capture`` (``{"auto_dir", "reply"}``) has it install the capture module itself before it serves
+    (``Kernel.captured``)."""
     # IPC (Unix sockets in the kernel's own directory): no TCP ports, no other user can connect, a sandbox
     # sees its own sockets only, and a round trip is cheaper than over loopback TCP.
     km = SandboxedKernelManager(
@@ -119,11 +122,13 @@ async def start_kernel(
         km.provisioner.zygote = zygote
         km.provisioner.kernel_dir = kernel_dir
         km.provisioner.fork_timeout = timeout
+        km.provisioner.capture = capture
     if (launch_prefix or zygote is not None) and km.kernel_spec is not None:
         # A signal would reach the sandbox's own processes first (bubblewrap dies of SIGINT, taking the kernel
         # with it); ipykernel interrupts itself on an interrupt_request instead.
         km.kernel_spec.interrupt_mode = "message"
     kernel = Kernel(km, name, kernel_dir.name, kernel_dir)
     kernel.forked = zygote is not None
+    kernel.captured = zygote is not None and capture is not None
     await kernel.start(env, timeout, cwd)
     return kernel

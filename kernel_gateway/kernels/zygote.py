@@ -5,8 +5,9 @@ shared copy-on-write and a kernel is ready in a fraction of a cold start.
 ``python -m kernel_gateway.kernels.zygote CONFIG`` (CONFIG: JSON, paths and sizes only) runs inside the
 zygote's sandbox. It reads fork requests as JSON lines on stdin and answers on stdout:
 
-- ``{"id": n, "argv": [...], "env": {...}, "cwd": dir, "kernel_dir": dir}`` -> ``{"id": n, "pid": p}`` (the
-  kernel's pid as the service sees it) or ``{"id": n, "error": why}``;
+- ``{"id": n, "argv": [...], "env": {...}, "cwd": dir, "kernel_dir": dir, "capture": {"auto_dir": dir,
+  "reply": bool} | null}`` -> ``{"id": n, "pid": p}`` (the kernel's pid as the service sees it) or
+  ``{"id": n, "error": why}``; with ``capture``, the kernel installs the capture module itself before it serves;
 - when a kernel exits: ``{"exit": p, "status": s}`` (``s`` as ``Popen.returncode``: negative for a signal).
 
 Fork safety: the zygote starts no thread and initialises nothing (no zmq context, no IPython shell); gc is
@@ -29,7 +30,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from . import isolate
 
@@ -171,10 +172,7 @@ class Zygote:
                 os.close(to_zygote)
                 os.close(from_zygote)
         except BaseException as exc:
-            try:
-                os.write(to_zygote, b"E" + f"{type(exc).__name__}: {exc}".encode()[:2000])
-            finally:
-                os._exit(127)
+            _fail(to_zygote, exc)
         _become_kernel(request, self.isolate)
 
 
@@ -184,12 +182,17 @@ def _seal(alive: int, sealed: int, network: bool) -> None:
         isolate.die_with_parent_pipe(alive)
         isolate.seal(network)
     except BaseException as exc:
-        try:
-            os.write(sealed, b"E" + f"{type(exc).__name__}: {exc}".encode()[:2000])
-        finally:
-            os._exit(127)
+        _fail(sealed, exc)
     os.write(sealed, b"s")
     os.close(sealed)
+
+
+def _fail(fd: int, exc: BaseException) -> NoReturn:
+    """A forked child that cannot become a kernel: why, to whoever waits on ``fd``, then gone."""
+    try:
+        os.write(fd, b"E" + f"{type(exc).__name__}: {exc}".encode()[:2000])
+    finally:
+        os._exit(127)
 
 
 @dataclass
@@ -266,7 +269,16 @@ def _become_kernel(request: dict[str, Any], isolated: bool) -> None:
         sys.argv = ["ipykernel_launcher", *request["argv"]]
         from ipykernel.kernelapp import IPKernelApp
 
-        IPKernelApp.launch_instance()
+        app = IPKernelApp.instance()
+        app.initialize()  # type: ignore[no-untyped-call]
+        capture = request.get("capture")
+        if capture is not None:
+            # The capture module, installed before the kernel serves anything: the service's install request
+            # (an execute and its round trip) is not needed, and the first cell is tracked as it would be.
+            from notebook_state.capture import install
+
+            install(auto_dir=capture["auto_dir"], reply=bool(capture.get("reply")))
+        app.start()  # type: ignore[no-untyped-call]
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
