@@ -22,7 +22,7 @@ import pytest
 from kernel_gateway.kernels.factory import fork_kernels
 from kernel_gateway.kernels.kernel import Kernel
 from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, make_bwrap_argv
-from kernel_gateway.kernels.zygote import next_wait
+from kernel_gateway.kernels.zygote import connection_file, next_wait
 from kernel_gateway.replica import open_replica
 from kernel_gateway.settings import Settings
 from kernel_gateway.types import Channel
@@ -87,6 +87,30 @@ def test_a_forked_kernel_has_the_preloaded_modules_and_a_seed_of_its_own(forked:
     assert zygote.pid in [p.pid for p in psutil.Process(pid).parents()]
     matrix = "import numpy; a = numpy.arange(250000.0).reshape(500, 500); float((a @ a.T).trace())"
     assert value(run(forked, matrix, first["session"])) == pytest.approx(float(sum(i * i for i in range(250000))))
+
+
+def test_a_forked_kernel_goes_on_from_the_app_the_zygote_prebuilt(forked: Service) -> None:
+    # The zygote parsed the kernels' command line and made the profile (zygote.prebuild_app); each kernel has
+    # its own connection file, the command line's settings, and its profile directories in its own /tmp.
+    probe = """
+import os, sys
+from ipykernel.kernelapp import IPKernelApp
+ip = get_ipython()
+(IPKernelApp.instance().connection_file == sys.argv[sys.argv.index("-f") + 1], ip.history_manager.enabled,
+ os.path.isdir(ip.profile_dir.security_dir), os.path.isdir(ip.profile_dir.startup_dir))
+"""
+    assert value(run(forked, probe)) == (True, False, True, True)
+    assert any("IPKernelApp prebuilt: True" in line for line in forked.log)
+
+
+def test_a_kernel_goes_on_from_the_prebuilt_app_only_for_the_argv_it_was_built_for() -> None:
+    built = ["--HistoryManager.enabled=False"]
+    assert connection_file(["-f", "/k/kernel.json", *built], built) == "/k/kernel.json"
+    assert connection_file([*built, "-f", "/k/kernel.json"], built) == "/k/kernel.json"
+    assert connection_file(["-f", "/k/kernel.json", *built, "--matplotlib=inline"], built) is None
+    assert connection_file(["-f", "/k/kernel.json"], built) is None
+    assert connection_file([*built, "-f"], built) is None
+    assert connection_file(["-f", "/k/kernel.json", *built], None) is None
 
 
 def test_a_forked_kernel_is_interrupted_restarted_and_replaced_when_killed(forked: Service) -> None:

@@ -22,7 +22,7 @@ from notebook_state.checkpoint import Checkpointer, run_in_kernel
 from ..types import ManagerSettings
 from .forked import ZygoteClient, ZygoteGone
 from .kernel import Kernel, KernelStartFailed
-from .launch import kernel_environment, start_kernel
+from .launch import IPYKERNEL_ARGUMENTS, kernel_environment, start_kernel
 from .options import sandbox_options
 from .sandbox import Sandbox, SandboxKind, SandboxOptions, UidPool, detect, needed_paths
 
@@ -91,6 +91,7 @@ class KernelFactory:
         config = {
             "isolate": sandbox.kind is SandboxKind.BWRAP, "network": self._options.network,
             "tmp_size": self._options.tmp_size, "preload": list(self.settings.preload_modules),
+            "kernel_argv": IPYKERNEL_ARGUMENTS,
             "keep": [p for p in needed_paths() if p.startswith(("/tmp/", "/dev/shm/"))],
             "shared": [str(b) for b in self._options.binds if str(b).startswith(("/tmp/", "/dev/shm/"))],
         }  # fmt: skip
@@ -101,8 +102,9 @@ class KernelFactory:
             log.error("kernel zygote did not start, kernels are exec'd: %r", exc)
             return None
         self._zygote_uid = uid
-        log.info("kernel zygote: pid %s, ready in %.2fs, preloaded %s", zygote.ready.get("pid"),
-                 zygote.ready.get("seconds", 0), ", ".join(zygote.ready.get("loaded", [])))  # fmt: skip
+        log.info("kernel zygote: pid %s, ready in %.2fs, IPKernelApp prebuilt: %s, preloaded %s",
+                 zygote.ready.get("pid"), zygote.ready.get("seconds", 0), bool(zygote.ready.get("prebuilt")),
+                 ", ".join(zygote.ready.get("loaded", [])))  # fmt: skip
         return zygote
 
     async def zygote(self) -> ZygoteClient | None:
