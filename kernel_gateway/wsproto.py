@@ -119,6 +119,12 @@ def encode_v1(msg: KernelMessage) -> bytes:
 
 def encode_json(msg: KernelMessage) -> str | bytes:
     """A text frame (str), or a legacy binary frame (bytes) when the message carries buffers."""
+    text, payload = encode_json_payload(msg)
+    return payload.decode() if text else payload
+
+
+def encode_json_payload(msg: KernelMessage) -> tuple[bool, bytes]:
+    """``encode_json``'s frame as (is it text?, its bytes): a text frame's UTF-8 is sent as it is."""
     header, parent, metadata, content = _parts(msg)
     body = b"".join(
         (
@@ -132,9 +138,9 @@ def encode_json(msg: KernelMessage) -> str | bytes:
         )
     )  # fmt: skip
     if not msg.buffers:
-        return body.decode()
+        return True, body
     chunks = [body, *msg.buffers]
     offsets = [4 * (len(chunks) + 1)]
     for chunk in chunks[:-1]:
         offsets.append(offsets[-1] + len(chunk))
-    return b"".join([struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets), *chunks])
+    return False, b"".join([struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets), *chunks])

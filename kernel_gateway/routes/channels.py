@@ -7,6 +7,7 @@ import contextlib
 import enum
 import logging
 import time
+from collections import deque
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -27,9 +28,10 @@ from ..wsproto import (
     decode_json,
     decode_legacy_binary,
     decode_v1,
-    encode_json,
+    encode_json_payload,
     encode_v1,
 )
+from ..wsserver import BINARY, SEND_MANY, TEXT, send_many
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ router = APIRouter(tags=["jupyter"])
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
+
+BATCH_MESSAGES = 64
+BATCH_BYTES = 1024 * 1024
+"""At most this much goes to the socket in one write (at least one message, however big)."""
 
 
 class ConnectionState(enum.Enum):
@@ -48,13 +54,17 @@ class ConnectionState(enum.Enum):
 
 def message_size(msg: KernelMessage) -> int:
     """Bytes a message holds while it waits to be sent (a service-made one has no raw parts: a small guess)."""
-    parts = sum(len(p) for p in msg.raw) if msg.raw is not None else 512
-    return parts + sum(len(b) for b in msg.buffers)
+    parts = sum(map(len, msg.raw)) if msg.raw is not None else 512
+    return parts + sum(map(len, msg.buffers)) if msg.buffers else parts
 
 
 class ChannelConnection:
     """Relays one WebSocket to its session; writes go through a queue bounded in messages and in bytes, so a
-    slow client stalls only itself, and is dropped when it falls too far behind."""
+    slow client stalls only itself, and is dropped when it falls too far behind.
+
+    The writer takes everything queued when it wakes (a cell's reply and idle are released together) and,
+    where the server offers ``SEND_MANY`` (``kernel_gateway.wsserver``), sends it in one write.
+    """
 
     def __init__(
         self,
@@ -75,30 +85,38 @@ class ChannelConnection:
         self.idle_timeout = idle_timeout
         self.metrics = metrics
         self.last_traffic = time.monotonic()
-        self._queue: asyncio.Queue[tuple[KernelMessage, int] | None] = asyncio.Queue(queue_size)
+        self._queue: deque[tuple[KernelMessage, int]] = deque()
+        self._max_messages = queue_size
         self._queued_bytes = 0
         self._max_bytes = queue_bytes
+        self._wakeup: asyncio.Future[None] | None = None  # the writer waits on it while the queue is empty
         self._close: tuple[int, str] = (CLOSE_NORMAL, "")
 
     def deliver(self, msg: KernelMessage) -> None:
         if self.state is not ConnectionState.OPEN:
             return
         size = message_size(msg)
-        try:
-            if self._queued_bytes and self._queued_bytes + size > self._max_bytes:
-                raise asyncio.QueueFull  # one message always fits, however big: the frame limit bounds it
-            self._queue.put_nowait((msg, size))
-            self._queued_bytes += size
-        except asyncio.QueueFull:
+        queue = self._queue
+        # One message always fits, however big: the frame limit bounds it.
+        if queue and (len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes):
             log.warning("session %s: WebSocket client too slow, closing it", self.session.id)
             self.close_soon(CLOSE_TRY_AGAIN, "client too slow")
+            return
+        queue.append((msg, size))
+        self._queued_bytes += size
+        self._wake()
 
     def close_soon(self, code: int, reason: str) -> None:
+        """Close after what is queued has gone out; nothing more is queued meanwhile."""
         if self.state is ConnectionState.OPEN:
             self.state = ConnectionState.CLOSING
             self._close = (code, reason)
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def run(self) -> None:
         self.session.attach(self, self.client_session)
@@ -156,23 +174,49 @@ class ChannelConnection:
 
     async def _write(self) -> None:
         ws = self.ws
+        many = SEND_MANY in ws.scope.get("extensions", {})
         counter = self.metrics.ws_messages.labels("out")
+        loop = asyncio.get_running_loop()
+        queue = self._queue
         while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            msg, size = item
-            self._queued_bytes -= size
+            if not queue:
+                if self.state is not ConnectionState.OPEN:
+                    return  # closing, and everything queued before the close went out
+                self._wakeup = loop.create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+                continue
+            frames = [self._frame(msg) for msg in self._take()]
             self.last_traffic = time.monotonic()
-            if self.v1:
-                await ws.send_bytes(encode_v1(msg))
+            if many:
+                await ws.send(send_many(frames))
             else:
-                frame = encode_json(msg)
-                if isinstance(frame, str):
-                    await ws.send_text(frame)
-                else:
-                    await ws.send_bytes(frame)
-            counter.inc()
+                for opcode, payload in frames:
+                    if opcode == BINARY:
+                        await ws.send_bytes(payload)
+                    else:
+                        await ws.send_text(payload.decode())
+            counter.inc(len(frames))
+
+    def _take(self) -> list[KernelMessage]:
+        """The oldest queued messages, up to one write's worth."""
+        queue = self._queue
+        taken: list[KernelMessage] = []
+        size = 0
+        while queue and len(taken) < BATCH_MESSAGES and (not taken or size + queue[0][1] <= BATCH_BYTES):
+            msg, n = queue.popleft()
+            taken.append(msg)
+            size += n
+        self._queued_bytes -= size
+        return taken
+
+    def _frame(self, msg: KernelMessage) -> tuple[int, bytes]:
+        if self.v1:
+            return BINARY, encode_v1(msg)
+        text, payload = encode_json_payload(msg)
+        return (TEXT if text else BINARY), payload
 
     def _idle_left(self) -> float:
         return self.idle_timeout - (time.monotonic() - self.last_traffic)

@@ -118,7 +118,9 @@ class Session:
     def _take_checkpoint(self, msg: KernelMessage) -> None:
         """A cell's small checkpoint rides in its execute_reply (``capture.outbox``): out of the reply before
         any frontend sees it, and to this session's persistence; None there when the reply had none."""
-        found = msg.metadata.pop(REPLY_KEY, None)
+        # Metadata that is not an object is not what ipykernel sends: no hand-over (a full checkpoint is taken),
+        # and the reply goes out as it came.
+        found = msg.metadata.pop(REPLY_KEY, None) if isinstance(msg.metadata, dict) else None
         if found is not None and msg.raw is not None:
             msg.raw = [msg.raw[0], msg.raw[1], orjson.dumps(msg.metadata), msg.raw[3]]
         if self.persistence is not None:
