@@ -5,6 +5,7 @@ service sign anything but the kernel's own regular files."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import os
 import secrets
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, Try, strongest
 from tests.kernel_process import CONNECTION_FILE, host_pid
 from tests.service import Service, running_service, start_service
 
@@ -217,3 +219,15 @@ def attempt(f):
         assert (other_kernel, signal_service, environ, data) == ("PermissionError",) * 4
     finally:
         service.stop()
+
+
+def test_the_strongest_way_that_works_is_chosen_and_each_refusal_said() -> None:
+    # The probe's tries run at once (real processes); the verdict is by strength, not by which answers first.
+    none = Sandbox(SandboxKind.NONE, "", SandboxOptions())
+    refused = Try(none, ["sh", "-c", "echo nope >&2; exit 3"], "strongest refused")
+    works = Try(none, ["true"], "middle refused")
+    weakest = Try(none, ["true"], "weakest refused")
+    assert asyncio.run(strongest([refused, works, weakest])) == (works, ["strongest refused: nope"])
+    assert asyncio.run(strongest([weakest, works])) == (weakest, [])
+    found, reasons = asyncio.run(strongest([refused, Try(none, ["/nonexistent/bwrap"], "missing")]))
+    assert found is None and reasons[0] == "strongest refused: nope" and reasons[1].startswith("missing: ")

@@ -187,6 +187,16 @@ class UidPool:
         raise RuntimeError("no free kernel uid: widen --sandbox-uid-count")
 
 
+# The probe runs what a kernel needs (this Python, finding and reading the capture module; a sandbox in which the
+# interpreter or its packages cannot be reached, as a home only its owner may enter, is no sandbox for kernels),
+# without importing it: the probe is on a cold start's critical path.
+_KERNEL_LIKE = [
+    sys.executable, "-c",
+    "import importlib.util as u; open(u.find_spec('notebook_state.capture').origin, 'rb').close(); "
+    "assert u.find_spec('ipykernel')",
+]  # fmt: skip
+
+
 async def _works(argv: Sequence[str]) -> str | None:
     """None when ``argv`` runs to a zero exit, else why not."""
     try:
@@ -194,12 +204,39 @@ async def _works(argv: Sequence[str]) -> str | None:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
-        _, err = await asyncio.wait_for(proc.communicate(), _PROBE_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
+    except OSError as exc:
         return str(exc)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), _PROBE_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return f"no answer in {_PROBE_TIMEOUT:g} s"
     if proc.returncode == 0:
         return None
     return err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+
+
+@dataclass(frozen=True, slots=True)
+class Try:
+    """One way to isolate kernels, tried by running what a kernel runs behind its prefix."""
+
+    sandbox: Sandbox
+    argv: list[str]
+    refused: str  # said when it fails, before why
+
+
+async def strongest(tries: Sequence[Try]) -> tuple[Try | None, list[str]]:
+    """The first of ``tries`` (strongest first) that works, and why each before it did not. They run at once:
+    a replica's first kernel waits for the verdict (as root: a uid of its own, else uid 0, both in bubblewrap),
+    and together they take as long as one."""
+    verdicts = await asyncio.gather(*(_works(t.argv) for t in tries))
+    reasons: list[str] = []
+    for attempt, why in zip(tries, verdicts, strict=True):
+        if why is None:
+            return attempt, reasons
+        reasons.append(f"{attempt.refused}: {why}")
+    return None, reasons
 
 
 async def detect(options: SandboxOptions, probe_dir: Path) -> Sandbox:
@@ -209,36 +246,43 @@ async def detect(options: SandboxOptions, probe_dir: Path) -> Sandbox:
     root = os.geteuid() == 0
     probe_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     reasons: list[str] = []
+    tries: list[Try] = []  # strongest first
     bwrap = shutil.which("bwrap")
-    # The probe runs what a kernel runs (this Python, importing the capture module): a sandbox in which the
-    # interpreter or its packages cannot be reached (a home only its owner may enter) is no sandbox for kernels.
-    kernel_like = [sys.executable, "-c", "import notebook_state.capture"]
     uid = options.uid_base
-    if options.mode in ("auto", "bwrap"):
-        if bwrap is None:
-            reasons.append("bubblewrap is not installed")
-        else:
-            tries = [(True, "its own uid")] if root else []
-            tries.append((False, "uid 0 without capabilities" if root else "a user namespace"))
-            for own_uid, how in tries:
-                sandbox = Sandbox(SandboxKind.BWRAP, "", options, bwrap, own_uid)
-                if own_uid:
-                    os.chown(probe_dir, uid, uid)
-                why = await _works([*sandbox.prefix(probe_dir, uid if own_uid else None), *kernel_like])
-                if why is None:
-                    detail = f"bubblewrap: own pid, ipc and mount namespaces, private /tmp; kernels run as {how}"
-                    return Sandbox(SandboxKind.BWRAP, detail, options, bwrap, own_uid)
-                reasons.append(f"bubblewrap refused ({how}): {why}")
-    if options.mode in ("auto", "uid"):
-        if not root:
-            reasons.append("a uid of its own per kernel needs the service to run as root")
-        else:
-            why = await _works([*make_setpriv_argv(uid, keep_bwrap=False), *kernel_like])
-            if why is None:
-                detail = "a uid of its own per kernel (no namespaces: " + "; ".join(reasons or ["not asked"]) + ")"
-                return Sandbox(SandboxKind.UID, detail, options, None, own_uid=True)
-            reasons.append(f"setpriv refused: {why}")
+    if options.mode in ("auto", "bwrap") and bwrap is None:
+        reasons.append("bubblewrap is not installed")
+    elif options.mode in ("auto", "bwrap"):
+        for own_uid in (True, False) if root else (False,):
+            how = "its own uid" if own_uid else "uid 0 without capabilities" if root else "a user namespace"
+            detail = f"bubblewrap: own pid, ipc and mount namespaces, private /tmp; kernels run as {how}"
+            sandbox = Sandbox(SandboxKind.BWRAP, detail, options, bwrap, own_uid)
+            kernel_uid = uid if own_uid else None
+            kernel_dir = _probe_dir(probe_dir / ("own-uid" if own_uid else "shared-uid"), kernel_uid)
+            argv = [*sandbox.prefix(kernel_dir, kernel_uid), *_KERNEL_LIKE]
+            tries.append(Try(sandbox, argv, f"bubblewrap refused ({how})"))
+    found, refusals = await strongest(tries)
+    reasons += refusals
+    if found is not None:
+        return found.sandbox
+    if options.mode in ("auto", "uid") and not root:
+        reasons.append("a uid of its own per kernel needs the service to run as root")
+    elif options.mode in ("auto", "uid"):  # tried only where namespaces are refused: it is the rare case
+        detail = "a uid of its own per kernel (no namespaces: " + "; ".join(reasons or ["not asked"]) + ")"
+        sandbox = Sandbox(SandboxKind.UID, detail, options, None, own_uid=True)
+        found, refusals = await strongest(
+            [Try(sandbox, [*make_setpriv_argv(uid, keep_bwrap=False), *_KERNEL_LIKE], "setpriv refused")]
+        )
+        reasons += refusals
+        if found is not None:
+            return found.sandbox
     detail = "no sandbox: " + "; ".join(reasons)
     if options.mode != "auto":
         raise RuntimeError(f"--sandbox {options.mode} is not possible here: {detail}")
     return Sandbox(SandboxKind.NONE, detail, options)
+
+
+def _probe_dir(path: Path, uid: int | None) -> Path:
+    path.mkdir(mode=0o700, exist_ok=True)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
