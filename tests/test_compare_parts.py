@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import yaml
 from loadtests.common import free_port
 from loadtests.compare import metrics
 from loadtests.compare.activator import Fronts
+from loadtests.compare.details import night
 from loadtests.compare.locust_run import Row
 from loadtests.compare.plan import make_plan
 from loadtests.compare.procs import ProcessBackend, make_nginx_conf, nginx_binary
@@ -114,8 +116,13 @@ def test_plans() -> None:
     assert full.idle_after > full.think * 1.5 + 2
     assert 3 * full.hour > full.idle_after + 2
     assert full.evict_idle_after < full.idle_after and full.idle_levels == (1, 10, 50)
-    # The full run must fit 15 minutes on 2 cores: three timelines are most of it.
-    assert 3 * full.timeline()[-1].end <= 450 and full.hold >= 30  # the slowest model absorbs its step in ~28 s
+    # The night is compressed further than the day, but is still long enough for every model to reach its
+    # floor (idle time, activity lag, stop) and stay there; the report adds what the shortened part would cost.
+    night_s, short_s = night(asdict(full))
+    assert night_s >= 2 * full.idle_after + 2 and short_s == 10 * (full.hour - full.night_hour) > 0
+    assert night(asdict(quick)) == (1.5, 0.0)
+    # The full run must fit 15 minutes on 2 cores with margin: three timelines are a third of it.
+    assert 3 * full.timeline()[-1].end <= 380 and full.hold >= 30  # the slowest model absorbs its step in ~28 s
 
 
 def test_memory_readings_agree() -> None:

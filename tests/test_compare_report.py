@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from loadtests.compare.__main__ import build_report
+from loadtests.compare.details import detail_tables
 from loadtests.compare.locust_run import read_samples
 from loadtests.compare.report import make_report
 from loadtests.compare.summary import STUDY, summary_rows
@@ -91,3 +92,19 @@ def test_recorded_samples_are_what_the_figures_came_from() -> None:
     steady = results["models"]["gateway"]["load"]["phases"]["steady"]
     warm = [r for r in rows if r.name == "warm execute" and r.ok and started + steady[0] <= r.t < started + steady[1]]
     assert len(warm) == results["models"]["gateway"]["load"]["warm_latency_ms"]["n"]
+
+
+def test_a_shortened_night_is_said_and_costed(recorded: tuple[Path, dict[str, Any]]) -> None:
+    folder, results = recorded
+    assert "full-length night" not in "\n".join(detail_tables(results))  # this run's night was not shortened
+    changed = copy.deepcopy(results)
+    changed["plan"] |= {"day": [1.0, 0.0, 0.0, 1.0], "day_hours": 4, "hour": 3.0, "night_hour": 1.0}
+    changed["models"]["gateway"]["idle"]["no_users"] = {"pss_mb": 512.0, "servers": 0, "processes": 3}
+    trace = next(t for t in detail_tables(changed) if t.startswith("### The daily trace"))
+    assert "2 s in all, 4 s shorter than at the day's scale" in trace
+    row = next(line for line in trace.splitlines() if "full-length night would add (4 s" in line)
+    floors = [changed["models"][k]["idle"].get("no_users", {}).get("pss_mb") for k in ("dedicated", "peruser")]
+    expected = ["—" if f is None else f"+{4 * f / 1024:.2f}" for f in floors]
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == [*expected, "+2.00"]
+    build_report(folder, changed)  # the plot draws the users' hours at their own lengths
+    assert (folder / "trace.png").read_bytes().startswith(PNG)

@@ -117,6 +117,9 @@ def test_arrival_patterns() -> None:
     assert len(day) == 24 and day[0].users == 0 and max(s.users for s in day) == 10
     assert all(s.users >= 1 for s, share in zip(day, arrivals.DAY, strict=True) if share > 0)
     assert arrivals.stage_at(day, 47.9) is day[-1] and arrivals.stage_at(day, 48.0) is None
+    nights = arrivals.make_daily(10, 2.0, night_hour=0.5)  # the hours with nobody on, shorter
+    assert [s.users for s in nights] == [s.users for s in day] and nights[-1].end == 14 * 2.0 + 10 * 0.5
+    assert all(s.duration == (2.0 if s.users else 0.5) for s in nights)
     evening = arrivals.make_daily(4, 1.0, first_hour=22, hours=4)
     assert [s.users for s in evening] == [0, 0, 0, 0]
     assert arrivals.from_json(arrivals.to_json(study)) == study

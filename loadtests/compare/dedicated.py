@@ -5,6 +5,7 @@ a culled server's kernels held is lost."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import sys
 import time
@@ -21,6 +22,18 @@ from loadtests.compare.probe import Api
 
 HERE = procs.REPO / "loadtests" / "compare"
 SPAWN_TIMEOUT = 300.0
+
+
+def wait_progress(admin: httpx.Client, name: str) -> None:
+    """Until the pending spawn of ``name`` ends (ready or failed), on the hub's progress event stream, as
+    JupyterHub's spawn page waits: one request, not one every fraction of a second (each costs the hub a few
+    ms of CPU, counted as the model's, and with eight spawns at once that was a fifth of a core)."""
+    with admin.stream("GET", f"/hub/api/users/{name}/server/progress") as r:
+        if r.status_code != 200:  # (400: not pending any more)
+            return
+        for line in r.iter_lines():
+            if line.startswith("data:") and {"ready", "failed"} & set(json.loads(line[5:])):
+                return
 
 
 @dataclass
@@ -68,7 +81,9 @@ class DedicatedModel(Model):
             f"JupyterHub {self.versions['jupyterhub']} with SimpleLocalProcessSpawner (one jupyterhub-singleuser "
             "per user, local kernels, no checkpoints), configurable-http-proxy, and jupyterhub-idle-culler "
             f"{self.versions['jupyterhub-idle-culler']} culling servers idle for {self.idle_after:g} s "
-            "(the same idle time as the other models' scale to zero)."
+            "(the same idle time as the other models' scale to zero). Servers report activity every 1 s (the "
+            "locust users, so that the culler never takes an active server in the compressed day), or every "
+            "60 s (the idle phase's users, who do nothing; JupyterHub's default is 300 s)."
         ]
 
     def admin(self) -> httpx.Client:
@@ -108,7 +123,11 @@ class DedicatedModel(Model):
                     r = admin.post(f"/hub/api/users/{name}/server")
                     if r.status_code not in (201, 202, 400):
                         raise BenchError(f"spawn of {name}: {r.status_code} {r.text[:300]}")
-                time.sleep(0.2)
+                    state = {"pending": "spawn"}
+                if state.get("pending") == "spawn":
+                    wait_progress(admin, name)
+                else:
+                    time.sleep(0.2)  # (being stopped: the culler's stop is waited out, then spawned again)
         raise BenchError(f"server of {name} not ready in {SPAWN_TIMEOUT:g} s")
 
     def user_api(self, name: str) -> Api:

@@ -7,6 +7,16 @@ from typing import Any
 from loadtests.compare.fmt import DASH, HEAD, Json, absorbed, g, ms, present, state_word, table
 
 
+def night(plan: Json) -> tuple[float, float]:
+    """(seconds the daily trace's hours with nobody on lasted, seconds fewer than at the day's scale)."""
+    if not plan.get("hour") or not plan.get("day"):
+        return 0.0, 0.0
+    day = plan["day"]
+    empty = sum(1 for h in range(plan["day_hours"]) if not day[(plan["day_first_hour"] + h) % len(day)])
+    each = plan.get("night_hour") or plan["hour"]
+    return round(empty * each, 3), round(empty * (plan["hour"] - each), 3)
+
+
 def detail_tables(results: Json) -> list[str]:
     models = results["models"]
     keys = present(results)
@@ -125,7 +135,29 @@ def detail_tables(results: Json) -> list[str]:
             lambda m: ms(g(m, "load", "trace_users", "return_to_first_result_s")),
         ),
     ]
-    out.append("### The daily trace (a day compressed in time; users leave and come back)\n\n" + table(head, trace))
+    night_s, short_s = night(results.get("plan") or {})
+    intro = ""
+    if short_s > 0:
+        # The night is shorter than the day's scale: say so, and what the missing part would cost at the floor.
+        intro = (
+            f"Each hour lasts {results['plan']['hour']:g} s, except the night's hours with nobody on: "
+            f"{night_s:g} s in all, {short_s:g} s shorter than at the day's scale. Every model reaches its floor "
+            "(no users) within its idle time and stays there, so a full-length night would add "
+            f"{short_s:g} s at that floor (last row: memory only).\n\n"
+        )
+        trace.append(
+            line(
+                f"  a full-length night would add ({short_s:g} s at the no-user floor), GB·s",
+                lambda m: (
+                    f"+{short_s * g(m, 'idle', 'no_users', 'pss_mb') / 1024:.2f}"
+                    if g(m, "idle", "no_users", "pss_mb") is not None
+                    else DASH
+                ),
+            )
+        )
+    out.append(
+        "### The daily trace (a day compressed in time; users leave and come back)\n\n" + intro + table(head, trace)
+    )
     rest = g(models.get("gateway", {}), "rest_sse")
     if rest:
         out.append(

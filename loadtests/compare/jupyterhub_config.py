@@ -38,7 +38,21 @@ c.Spawner.cmd = [str(bin_dir / "jupyterhub-singleuser")]
 c.Spawner.args = ["--ServerApp.terminals_enabled=False", "--ServerApp.log_level=WARN"]
 if os.geteuid() == 0:
     c.Spawner.args.append("--allow-root")
-c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": activity, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+# The idle phase's users do nothing after their first cell, and 50 servers reporting every second cost the hub
+# and the servers half a core (JupyterHub's default is 300 s): they report every 60 s, as an idle user's server
+# would at most; the culler reads their idleness from the proxy's activity as well.
+idle_activity = env.get("SKG_CMP_IDLE_ACTIVITY_INTERVAL", "60")
+
+
+def activity_interval(spawner: object) -> str:
+    name: str = spawner.user.name  # type: ignore[attr-defined]
+    return idle_activity if name.startswith("idle") else activity
+
+
+c.Spawner.environment = {
+    "JUPYTERHUB_ACTIVITY_INTERVAL": activity_interval,
+    "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}",
+}
 c.Spawner.start_timeout = 300
 # A server that died while starting fails its spawn after this (JupyterHub's default is 30 s; with 300 s one
 # dead server of 50 held the idle phase for five minutes). A slow start on a busy machine still fits.

@@ -21,6 +21,7 @@ class Plan:
     day_first_hour: int
     day_hours: int
     hour: float  # seconds per compressed hour
+    night_hour: float  # seconds per hour with nobody on (the night, compressed further)
     day_peak: int
     idle_after: float  # idle time before cull / scale to zero, the same for every model
     evict_idle_after: float  # the gateway's own eviction of idle kernels to Redis
@@ -39,7 +40,7 @@ class Plan:
 
     def timeline(self) -> list[Stage]:
         study = make_study(self.users, self.peak, self.ramp, self.steady, self.hold, self.saturation)
-        day = make_daily(self.day_peak, self.hour, self.day, self.day_first_hour, self.day_hours)
+        day = make_daily(self.day_peak, self.hour, self.day, self.day_first_hour, self.day_hours, self.night_hour)
         return study + shifted(day, study[-1].end)
 
     @property
@@ -63,6 +64,7 @@ def make_plan(quick: bool) -> Plan:
             day_first_hour=0,
             day_hours=3,
             hour=1.5,
+            night_hour=1.5,
             day_peak=2,
             idle_after=4.0,
             evict_idle_after=1.0,
@@ -79,6 +81,9 @@ def make_plan(quick: bool) -> Plan:
         )
     # A day from 17:00 to 16:00 the next day: the evening, the night (everything idle), the morning's
     # returns, a three-hour lunch dip (those who leave are scaled to zero and come back), the afternoon.
+    # The night's ten hours with nobody on last 1.5 s each, not 3 s: 15 s, of which every model spends the
+    # first ~8 (its idle time and stop) going to zero and the rest at its floor; the report adds what a night
+    # at the day's scale would cost at that floor.
     # The idle time is well above the longest think time plus the hub's activity reporting lag (~2 s), so the
     # culler never takes an active user's server; the lunch dip (3 hours) outlasts it, so leavers are culled.
     # The steady window gives ~100 warm cells per model, the saturation window several hundred.
@@ -95,6 +100,7 @@ def make_plan(quick: bool) -> Plan:
         day_first_hour=17,
         day_hours=23,
         hour=3.0,
+        night_hour=1.5,
         day_peak=6,
         idle_after=6.0,
         evict_idle_after=3.0,

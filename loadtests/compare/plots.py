@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 
 from loadtests.compare.fmt import HEAD, present
 from loadtests.compare.locust_run import Row, read_samples
+from loadtests.users.arrivals import make_daily
 
 Json = dict[str, Any]
 COLORS = {"dedicated": "tab:red", "peruser": "tab:orange", "gateway": "tab:blue"}
@@ -122,9 +123,9 @@ def trace(folder: Path, results: Json) -> str:
             bottom.plot(xs, [r["pss_mb"] for r in res], color=COLORS[key], label=HEAD[key])
     plan = results.get("plan") or {}
     if plan.get("hour"):
-        users = _day_users(plan)
+        starts, users = _day_users(plan)
         top.step(
-            [i * plan["hour"] for i in range(len(users))],
+            starts,
             users,
             where="post",
             color="gray",
@@ -132,7 +133,7 @@ def trace(folder: Path, results: Json) -> str:
             label="users on",
         )
     top.set_ylabel("servers / replicas up")
-    top.set_title("The daily trace (compressed): units up, and memory")
+    top.set_title("The daily trace (compressed; the night more so): units up, and memory")
     top.legend(fontsize=7)
     bottom.set_ylabel("memory, MB (PSS)")
     bottom.set_xlabel("seconds into the trace")
@@ -141,10 +142,17 @@ def trace(folder: Path, results: Json) -> str:
     return _save(fig, folder, "trace.png")
 
 
-def _day_users(plan: Json) -> list[int]:
-    day, first, peak = plan["day"], plan["day_first_hour"], plan["day_peak"]
-    shares = [day[(first + h) % len(day)] for h in range(plan["day_hours"])]
-    return [max(1, round(s * peak)) if s > 0 else 0 for s in shares]
+def _day_users(plan: Json) -> tuple[list[float], list[int]]:
+    """When each compressed hour starts in the trace, and how many users are on in it."""
+    stages = make_daily(
+        plan["day_peak"],
+        plan["hour"],
+        tuple(plan["day"]),
+        plan["day_first_hour"],
+        plan["day_hours"],
+        plan.get("night_hour"),  # (absent from runs before the night was compressed further)
+    )
+    return [s.start for s in stages], [s.users for s in stages]
 
 
 def _save(fig: Any, folder: Path, name: str) -> str:

@@ -26,13 +26,22 @@ class Sample:
 
 
 def tree(roots: list[int]) -> list[psutil.Process]:
+    """The roots and all their descendants, from one pass over the process table (``children()`` reads the
+    whole table once per root: with 50 roots and 300 processes that cost the driver most of a core)."""
+    if not roots:
+        return []
+    kids: dict[int, list[psutil.Process]] = {}
+    for p in psutil.process_iter(["ppid"]):
+        kids.setdefault(p.info["ppid"], []).append(p)
     found: dict[int, psutil.Process] = {}
     for pid in roots:
         with contextlib.suppress(psutil.Error):
-            root = psutil.Process(pid)
-            found[root.pid] = root
-            for child in root.children(recursive=True):
-                found[child.pid] = child
+            stack = [psutil.Process(pid)]
+            while stack:
+                p = stack.pop()
+                if p.pid not in found:
+                    found[p.pid] = p
+                    stack += kids.get(p.pid, [])
     return list(found.values())
 
 

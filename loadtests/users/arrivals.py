@@ -53,13 +53,22 @@ def make_burst(base: int, peak: int, before: float, hold: float) -> list[Stage]:
 
 
 def make_daily(
-    peak: int, hour: float, day: tuple[float, ...] = DAY, first_hour: int = 0, hours: int | None = None
+    peak: int,
+    hour: float,
+    day: tuple[float, ...] = DAY,
+    first_hour: int = 0,
+    hours: int | None = None,
+    night_hour: float | None = None,
 ) -> list[Stage]:
     """A compressed day (or more): ``hour`` seconds per hour from ``first_hour`` for ``hours`` hours, ``peak``
-    users at the busiest hours (at least one in any hour whose share is above zero). All in phase ``trace``."""
+    users at the busiest hours (at least one in any hour whose share is above zero). All in phase ``trace``.
+    Hours with nobody on last ``night_hour`` seconds (default ``hour``): the night compressed further."""
     count = hours if hours is not None else len(day)
     shares = [day[(first_hour + h) % len(day)] for h in range(count)]
-    return _chain([(hour, max(1, round(s * peak)) if s > 0 else 0, 50.0, "trace") for s in shares])
+    night = hour if night_hour is None else night_hour
+    return _chain(
+        [(hour, max(1, round(s * peak)), 50.0, "trace") if s > 0 else (night, 0, 50.0, "trace") for s in shares]
+    )
 
 
 def shifted(stages: list[Stage], offset: float) -> list[Stage]:
