@@ -28,7 +28,7 @@ from notebook_state.errors import StateError
 
 from ..types import Channel, JSONDict, KernelListener, KernelMessage
 from .memory_guard import MEMORY_EXIT
-from .wire import Wire
+from .wire import Signer, Wire, signer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class Kernel:
         self.state = KernelState.STARTING
         self.listener: KernelListener | None = None
         self._session = km.session
+        self._sign: Signer | None = None  # with the key the kernel was started with
+        self._pack = km.session.pack
         self._wire: Wire | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._calls: dict[str, asyncio.Future[KernelMessage]] = {}
@@ -84,6 +86,7 @@ class Kernel:
             if cwd is not None:
                 launch["cwd"] = str(cwd)
             await asyncio.wait_for(self.km.start_kernel(**launch), timeout)
+            self._sign = signer(self._session.key, self._session.digest_mod)
             identity = self._session.bsession
             sockets: dict[Channel, zmq.Socket[Any]] = {
                 Channel.SHELL: self.km.connect_shell(identity=identity),
@@ -163,12 +166,11 @@ class Kernel:
         wire = self._wire
         if wire is None or (self.state is not KernelState.READY and self.state is not KernelState.STARTING):
             raise KernelDied(f"kernel {self.id} is {self.state.value}")
-        # jupyter_client's session packs and signs; the wire sends.
-        parts: list[Any] = self._session.serialize(
-            {"header": msg.header, "parent_header": msg.parent_header, "metadata": msg.metadata, "content": msg.content}
-        )
-        parts.extend(msg.buffers)
-        wire.send(msg.channel, parts)
+        # As jupyter_client's Session.serialize packs and signs (its packer, our signer); the wire sends.
+        pack = self._pack
+        body = [pack(msg.header), pack(msg.parent_header), pack(msg.metadata), pack(msg.content)]
+        sign = self._sign
+        wire.send(msg.channel, [DELIM, sign(body) if sign is not None else b"", *body, *msg.buffers])
 
     def new_message(self, channel: Channel, msg_type: str, content: JSONDict) -> KernelMessage:
         """A message originated by the service, signed with this kernel's session."""
@@ -230,11 +232,10 @@ class Kernel:
         parts = frames[idx + 1 :]
         if len(parts) < 5:
             return None
-        if self._session.auth is not None:
-            expected = self._session.sign(parts[1:5])
-            if not hmac.compare_digest(expected, parts[0]):
-                log.warning("kernel %s: bad signature on %s", self.id, channel.value)
-                return None
+        sign = self._sign
+        if sign is not None and not hmac.compare_digest(sign(parts[1:5]), parts[0]):
+            log.warning("kernel %s: bad signature on %s", self.id, channel.value)
+            return None
         raw = parts[1:5]
         try:
             header, parent, metadata, content = (orjson.loads(p) for p in raw)

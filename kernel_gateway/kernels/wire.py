@@ -12,8 +12,9 @@ a message that arrived meanwhile.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import zmq
@@ -29,6 +30,23 @@ _BATCH = 64
 """Messages taken from one socket before other work gets a turn."""
 
 Receiver = Callable[[Channel, list[bytes]], None]
+Signer = Callable[[Sequence[bytes]], bytes]
+
+
+def signer(key: bytes, digestmod: Any) -> Signer | None:
+    """jupyter_client's signature of a message (``Session.sign``: the hex HMAC of its four JSON parts), from a
+    keyed HMAC taken once: ``Session.sign`` looks its key up through traitlets and feeds the parts one by one,
+    six messages a cell. None without a key (messages are then unsigned)."""
+    if not key:
+        return None
+    keyed = hmac.new(key, digestmod=digestmod)
+
+    def sign(parts: Sequence[bytes]) -> bytes:
+        h = keyed.copy()
+        h.update(b"".join(parts))
+        return h.hexdigest().encode()
+
+    return sign
 
 
 class Wire:

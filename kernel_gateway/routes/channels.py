@@ -140,6 +140,7 @@ class ChannelConnection:
 
     async def _read(self) -> None:
         ws = self.ws
+        counter = self.metrics.ws_messages.labels("in")
         while True:
             try:
                 message = await ws.receive()
@@ -159,7 +160,7 @@ class ChannelConnection:
                 # connection goes on. A frame past the size limit closes it (1009) before it gets here.
                 log.warning("session %s: dropped a malformed WebSocket message: %s", self.session.id, exc)
                 continue
-            self.metrics.ws_messages.labels("in").inc()
+            counter.inc()
             await self.session.submit(self, msg)
 
     async def _watch_idle(self) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import zmq
 import zmq.asyncio
+from jupyter_client.session import DELIM, Session
 
-from kernel_gateway.kernels.wire import Wire
+from kernel_gateway.kernels.kernel import Kernel
+from kernel_gateway.kernels.wire import Wire, signer
 from kernel_gateway.types import Channel
 
 
@@ -69,3 +73,30 @@ async def test_a_closed_wire_stops_reading(tmp_path: Path) -> None:
         wire.close()
         pub.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.parametrize("scheme", ["hmac-sha256", "hmac-sha512", "hmac-md5"])
+def test_the_signer_signs_as_jupyter_clients_session(scheme: str) -> None:
+    session = Session(key=b"a-key-of-the-kernel", signature_scheme=scheme)
+    parts = [b'{"msg_id":"1","msg_type":"status"}', b"{}", b"{}", b'{"execution_state":"idle"}']
+    sign = signer(session.key, session.digest_mod)
+    assert sign is not None
+    assert sign(parts) == session.sign(parts)
+    assert sign(parts) == sign(parts)  # the keyed HMAC is copied, never fed twice
+    assert sign([*parts[:3], b"{}"]) != session.sign(parts)
+    assert signer(b"", session.digest_mod) is None
+
+
+def test_a_kernel_message_is_taken_only_with_its_keys_signature() -> None:
+    session = Session(key=b"a-key-of-the-kernel")
+    kernel = Kernel(SimpleNamespace(session=session), "python3")  # type: ignore[arg-type]
+    kernel._sign = signer(session.key, session.digest_mod)
+    frames = session.serialize(session.msg("status", content={"execution_state": "idle"}))
+    msg = kernel._decode(Channel.IOPUB, frames)
+    assert msg is not None and msg.content == {"execution_state": "idle"}
+    forged = Session(key=b"another-key").serialize(session.msg("status", content={"execution_state": "idle"}))
+    assert kernel._decode(Channel.IOPUB, forged) is None
+    sent: list[list[Any]] = []
+    kernel._wire = SimpleNamespace(send=lambda channel, parts: sent.append(parts))  # type: ignore[assignment]
+    kernel.send(msg)
+    assert session.deserialize(sent[0][sent[0].index(DELIM) + 1 :])["content"] == msg.content  # checks the HMAC
