@@ -18,8 +18,10 @@ from ..responses import JSONResponse
 from ..sessions.execution import ExecutionResult
 from ..sessions.session import Session
 from ..types import JSONDict
+from .lean import LeanRoute
 
-router = APIRouter(tags=["execute"], dependencies=[Authorized], responses=ERROR_RESPONSES)
+# LeanRoute: the plain request skips FastAPI's request handler (routes/lean.py); the API stays the same.
+router = APIRouter(tags=["execute"], dependencies=[Authorized], responses=ERROR_RESPONSES, route_class=LeanRoute)
 
 
 def _timeout(gw: Gateway, body: ExecuteRequest) -> float:

@@ -1,0 +1,208 @@
+"""The short path into ``POST /execute`` (kernel_gateway.routes.lean) answers every request exactly as FastAPI's
+own handler does: the same app twice, one route lean and one stock, given the same requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import fastapi.routing
+import httpx
+import orjson
+import pytest
+from fastapi import APIRouter, FastAPI, Request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.responses import Response
+
+from kernel_gateway import errors
+from kernel_gateway.auth import Caller, caller_of
+from kernel_gateway.deps import Authorized, GatewayDep, require_auth
+from kernel_gateway.limits import BodySizeLimit
+from kernel_gateway.metrics import Metrics
+from kernel_gateway.models import ExecuteRequest
+from kernel_gateway.peers import PeerAuth
+from kernel_gateway.responses import JSONResponse
+from kernel_gateway.routes import execute
+from kernel_gateway.routes.lean import LeanRoute, decode, is_json
+from kernel_gateway.tenants import DEFAULT_TENANT, Tenants
+
+TOKEN = "lean-route-token"
+LIMIT = 4096
+
+
+@dataclass
+class Holder:
+    """What a lean route, ``require_auth`` and the error handlers read of the gateway."""
+
+    tenants: Tenants
+    peers: PeerAuth
+    metrics: Metrics
+
+
+async def echo(body: ExecuteRequest, request: Request, gw: GatewayDep) -> Response:
+    return JSONResponse({"body": body.model_dump(), "tenant": caller_of(request).tenant})
+
+
+def make_app(route_class: type[fastapi.routing.APIRoute]) -> FastAPI:
+    app = FastAPI()
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_body_size=LIMIT)
+    router = APIRouter(dependencies=[Authorized], route_class=route_class)
+    router.post("/echo")(echo)
+    app.include_router(router)
+    app.state.gateway = Holder(Tenants(None, TOKEN, 0, 0), PeerAuth(b"k" * 32, "replica-a"), Metrics())
+    return app
+
+
+LEAN, STOCK = make_app(LeanRoute), make_app(fastapi.routing.APIRoute)
+AUTH = {"authorization": f"token {TOKEN}"}
+JSON = {"content-type": "application/json"}
+
+
+async def _post(app: FastAPI, content: bytes | AsyncIterator[bytes], headers: dict[str, str]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        return await client.post("/echo", content=content, headers=headers)
+
+
+async def both(content: bytes, headers: dict[str, str]) -> tuple[httpx.Response, httpx.Response]:
+    return await _post(LEAN, content, headers), await _post(STOCK, content, headers)
+
+
+def same(lean: httpx.Response, stock: httpx.Response) -> None:
+    assert (lean.status_code, lean.content) == (stock.status_code, stock.content)
+    assert lean.headers.get("content-type") == stock.headers.get("content-type")
+    assert lean.headers.get("www-authenticate") == stock.headers.get("www-authenticate")
+
+
+CASES: list[tuple[bytes, dict[str, str]]] = [
+    (b'{"code": "1+1"}', {**AUTH, **JSON}),
+    (b'{"code": "1+1", "session": "s-1", "timeout": 2}', {**AUTH, "content-type": "Application/JSON; charset=utf-8"}),
+    (b'{"code": "1+1"}', {**AUTH, "content-type": "application/vnd.api+json"}),
+    (b'{"code": "1+1"}', {**AUTH, "content-type": "text/plain"}),
+    (b'{"code": "1+1"}', AUTH),
+    (b'{"code": "1+1"}', JSON),
+    (b'{"code": "1+1"}', {"authorization": "token wrong", **JSON}),
+    (b'{"code": "1+1"}', {"authorization": f"Basic {TOKEN}", **JSON}),
+    (b"", {**AUTH, **JSON}),
+    (b"{", {**AUTH, **JSON}),
+    (b"{", JSON),
+    (b"[]", {**AUTH, **JSON}),
+    (b'{"code": 5}', {**AUTH, **JSON}),
+    (b'{"code": "1", "extra": 1}', {**AUTH, **JSON}),
+    (b'{"code": "1", "session": "no/such"}', {**AUTH, **JSON}),
+    (b'{"code": "1", "timeout": 0}', {**AUTH, **JSON}),
+    (b'{"code": "1", "timeout": NaN}', {**AUTH, **JSON}),
+    (b'{"code": "1", "timeout": 1e999}', {**AUTH, **JSON}),
+    (b'{"code": "1", "timeout": ' + b"9" * 400 + b"}", {**AUTH, **JSON}),
+    (b'{"code": "\\ud800"}', {**AUTH, **JSON}),
+    (b'\xef\xbb\xbf{"code": "1"}', {**AUTH, **JSON}),
+    ('{"code": "1"}'.encode("utf-16"), {**AUTH, **JSON}),
+    (b'{"code": "\xff"}', {**AUTH, **JSON}),
+    (b'{"code": "' + b"#" * LIMIT + b'"}', {**AUTH, **JSON}),
+]
+
+
+@pytest.mark.parametrize(("content", "headers"), CASES)
+async def test_each_request_gets_the_stock_answer(content: bytes, headers: dict[str, str]) -> None:
+    same(*await both(content, headers))
+
+
+async def _chunks(size: int) -> AsyncIterator[bytes]:
+    yield b'{"code": "'
+    for _ in range(size // 1024):
+        yield b"#" * 1024
+    yield b'"}'
+
+
+@pytest.mark.parametrize("size", [LIMIT // 2, LIMIT * 2])
+async def test_a_chunked_body_over_the_limit_is_refused_alike(size: int) -> None:
+    headers = {**AUTH, **JSON}
+    lean, stock = await _post(LEAN, _chunks(size), headers), await _post(STOCK, _chunks(size), headers)
+    same(lean, stock)
+    assert lean.status_code == (413 if size > LIMIT else 200)
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "code": JSONISH,
+        "session": st.sampled_from(["s", "a" * 200, "x y", None, 3]),
+        "timeout": st.sampled_from([1, 0, -1, 0.5, "2", None, True]),
+        "other": JSONISH,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=FIELDS | JSONISH, raw=st.binary(max_size=30), use_raw=st.booleans())
+def test_generated_bodies_get_the_stock_answer(body: Any, raw: bytes, use_raw: bool) -> None:
+    content = raw if use_raw else orjson.dumps(body)
+    lean, stock = asyncio.run(both(content, {**AUTH, **JSON}))
+    same(lean, stock)
+
+
+async def test_only_the_plain_request_skips_fastapis_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    solved: list[str] = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        solved.append(kwargs["request"].url.path)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    plain = await _post(LEAN, b'{"code": "x"}', {**AUTH, **JSON})
+    assert plain.status_code == 200 and plain.json() == {
+        "body": {"code": "x", "session": None, "timeout": None},
+        "tenant": DEFAULT_TENANT,
+    }
+    assert solved == []
+    refused = await _post(LEAN, b'{"code": "x"}', JSON)
+    assert refused.status_code == 401 and solved == ["/echo"]
+
+    async def anyone() -> Caller:
+        return Caller()
+
+    LEAN.dependency_overrides[require_auth] = anyone  # overrides are FastAPI's to apply: its way
+    try:
+        assert (await _post(LEAN, b'{"code": "x"}', JSON)).status_code == 200
+    finally:
+        LEAN.dependency_overrides.clear()
+    assert solved == ["/echo", "/echo"]
+
+
+def test_the_execute_routes_are_lean() -> None:
+    assert {r.path for r in execute.router.routes if isinstance(r, LeanRoute)} == {"/execute", "/execute/stream"}
+
+
+def test_a_lean_route_refuses_an_endpoint_it_cannot_call() -> None:
+    async def other(payload: ExecuteRequest, request: Request, gw: GatewayDep) -> Response:
+        return JSONResponse({})
+
+    with pytest.raises(TypeError, match="takes"):
+        LeanRoute("/x", other, methods=["POST"], dependencies=[Authorized])
+    with pytest.raises(TypeError, match="require_auth"):
+        LeanRoute("/x", echo, methods=["POST"])
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [("application/json", True), ("Application/JSON ; charset=utf-8", True), ("application/json-seq", False),
+     ("application/x+json", False), ("text/json", False), (None, False), ("", False)],
+)  # fmt: skip
+def test_is_json(value: str | None, plain: bool) -> None:
+    assert is_json(value) is plain
+
+
+def test_decode_leaves_what_it_cannot_read_to_fastapi() -> None:
+    assert decode(ExecuteRequest, b'{"code": "a", "timeout": 2}') == ExecuteRequest(code="a", timeout=2.0)
+    for bad in (b"", b"null", b'{"code": 1}', b'{"code": "a", "timeout": NaN}', b'\xef\xbb\xbf{"code": "a"}'):
+        assert decode(ExecuteRequest, bad) is None
