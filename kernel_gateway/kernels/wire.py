@@ -18,12 +18,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import zmq
+import zmq.backend
 
 from ..types import Channel
 
 log = logging.getLogger(__name__)
 
 _NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE) | _NOBLOCK
+_send_frame = zmq.backend.Socket.send
+"""pyzmq's own send, under its Python layer (type checks, and flags combined as enums, per frame)."""
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _BATCH = 64
@@ -39,12 +43,14 @@ def signer(key: bytes, digestmod: Any) -> Signer | None:
     six messages a cell. None without a key (messages are then unsigned)."""
     if not key:
         return None
-    keyed = hmac.new(key, digestmod=digestmod)
+    keyed: Any = hmac.new(key, digestmod=digestmod)
+    keyed = getattr(keyed, "_hmac", None) or keyed  # OpenSSL's HMAC under hmac.HMAC, where there is one: no Python
 
     def sign(parts: Sequence[bytes]) -> bytes:
         h = keyed.copy()
         h.update(b"".join(parts))
-        return h.hexdigest().encode()
+        digest: str = h.hexdigest()
+        return digest.encode()
 
     return sign
 
@@ -68,7 +74,10 @@ class Wire:
     def send(self, channel: Channel, parts: list[Any]) -> None:
         sock = self._socks[channel]
         try:
-            sock.send_multipart(parts, _NOBLOCK)
+            # ZMQ queues whole messages: one whose first frame it took is taken whole (else it rolls back).
+            last = len(parts) - 1
+            for i, part in enumerate(parts):
+                _send_frame(sock, part, _MORE if i < last else _NOBLOCK)
         except zmq.Again:
             # The kernel has not taken its last thousand messages on this channel: wait for it, as jupyter_client's
             # own send does.

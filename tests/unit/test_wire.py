@@ -37,6 +37,9 @@ async def test_every_message_arrives_in_order_past_a_batch(tmp_path: Path) -> No
         await wait_for(lambda: kernel_side.poll(0))
         ident, body = kernel_side.recv_multipart()
         assert (ident, body) == (b"svc", b"hello")
+        wire.send(Channel.SHELL, [b"<IDS|MSG>", b"", memoryview(b"buffer"), b"last"])  # one message, every frame
+        await wait_for(lambda: kernel_side.poll(0))
+        assert kernel_side.recv_multipart() == [b"svc", b"<IDS|MSG>", b"", b"buffer", b"last"]
         # More than one batch at once: the wire reads them all, in order, giving the loop a turn in between.
         for n in range(300):
             kernel_side.send_multipart([b"svc", str(n).encode()])
