@@ -3,6 +3,7 @@ the sandbox's command prefix."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -10,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_core.paths import jupyter_path
+from traitlets import default
 
 from .forked import ForkProvisioner, ZygoteClient
 from .kernel import Kernel
@@ -62,6 +67,37 @@ IPYKERNEL_ARGUMENTS = [
 ]
 
 
+def _ipykernel_resources() -> str | None:
+    """Where ipykernel keeps its own kernelspec (``ipykernel.kernelspec.RESOURCES``), found without importing it."""
+    spec = importlib.util.find_spec("ipykernel")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(next(iter(spec.submodule_search_locations)), "resources")
+
+
+class KernelSpecs(KernelSpecManager):
+    """jupyter_client's kernelspec lookup, reading a kernelspec installed on disk as it reads any other.
+
+    jupyter_client imports IPython for the legacy ``~/.ipython/kernels`` and, for the native kernel's name,
+    ``ipykernel.kernelspec`` only to tell whether the spec is ipykernel's own bundled one (~45 ms of the
+    service's CPU, on a cold start's path to its first kernel). That bundled one, and only that one, still
+    goes through jupyter_client's own lookup."""
+
+    @default("kernel_dirs")
+    def _kernel_dirs_default(self) -> list[str]:
+        # jupyter_client's default imports IPython for the legacy ~/.ipython/kernels: the same place without it.
+        ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(os.path.expanduser("~"), ".ipython")
+        return [*jupyter_path("kernels"), os.path.join(ipython_dir, "kernels")]
+
+    def _get_kernel_spec_by_name(self, kernel_name: str, resource_dir: str) -> KernelSpec:
+        if os.path.realpath(resource_dir) == os.path.realpath(_ipykernel_resources() or resource_dir):
+            return super()._get_kernel_spec_by_name(kernel_name, resource_dir)
+        spec = self.kernel_spec_class.from_resource_dir(resource_dir)
+        if not KernelProvisionerFactory.instance(parent=self.parent).is_provisioner_available(spec):
+            raise NoSuchKernel(kernel_name)
+        return spec
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """jupyter_client's manager, launching the kernel's command behind the sandbox's prefix.
 
@@ -108,6 +144,7 @@ async def start_kernel(
     km = SandboxedKernelManager(
         launch_prefix or [],
         kernel_uid,
+        kernel_spec_manager=KernelSpecs(),
         kernel_name=name,
         context=context,
         transport="ipc",
