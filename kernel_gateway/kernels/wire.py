@@ -15,7 +15,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import zmq
 import zmq.backend
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE) | _NOBLOCK
 _send_frame = zmq.backend.Socket.send
+_poll = zmq.zmq_poll
 """pyzmq's own send, under its Python layer (type checks, and flags combined as enums, per frame)."""
-_EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _BATCH = 64
 """Messages taken from one socket before other work gets a turn."""
@@ -89,10 +89,12 @@ class Wire:
         sock = self._socks.get(channel)
         if sock is None:
             return
+        waiting = [(sock, _POLLIN)]
         for _ in range(_BATCH):
             try:
-                # Asking first is cheaper than the exception a read of an empty socket raises.
-                if not cast(int, sock.get(_EVENTS)) & _POLLIN:
+                # Asking first is cheaper than the exception a read of an empty socket raises; and zmq_poll asks
+                # cheaper than the socket's EVENTS option (which pyzmq looks up as an enum on every call).
+                if not _poll(waiting, 0):
                     return
                 frames = _recv_multipart(sock)
             except zmq.Again:
