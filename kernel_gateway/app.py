@@ -16,6 +16,7 @@ from .limits import BodySizeLimit
 from .peers import PeerAuth, ReplicaHeader
 from .replica import Replica, open_replica
 from .routes import channels, execute, jupyter, ops, sessions
+from .routes.lean import install_shortcuts
 from .settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -78,4 +79,5 @@ def create_app(settings: Settings, replica: Replica | None = None) -> FastAPI:
         app.add_middleware(BrowserGuard, hosts=hosts, origins=settings.allowed_origins)
     for module in (ops, jupyter, channels, execute, sessions):
         app.include_router(module.router)
+    install_shortcuts(app, execute.router)
     return app

@@ -9,6 +9,10 @@ Everything else (no token, another content type, a body that does not decode or 
 to arrive) goes FastAPI's whole way, so each error is FastAPI's own answer, word for word; and the route is an
 ``APIRoute`` built from the same endpoint signature, so the OpenAPI document does not change.
 
+A ``Shortcut`` in front of the app's routes also spares the plain request the matching of every route before
+it and FastAPI's per-request wrapping (two exit stacks and an exception wrapper; the app's exception handlers
+and middleware still surround it).
+
 Only the success path is short, and it accepts nothing FastAPI would refuse: orjson decodes a subset of what
 ``json`` does (no NaN, no lone surrogates, UTF-8 only) to the same values, and the model validates the decoded
 object in Python mode, as FastAPI does.
@@ -21,11 +25,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, get_type_hints
 
 import orjson
-from fastapi import Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Message, Receive, Scope, Send
 
 from ..auth import authenticate, remember
 from ..deps import Gateway, require_auth
@@ -52,6 +59,16 @@ def decode(model: type[BaseModel], body: bytes) -> BaseModel | None:
         return None
 
 
+async def read_body(request: Request) -> bytes:
+    """The request's body, failing as FastAPI's handler does when it cannot be read."""
+    try:
+        return await request.body()
+    except HTTPException:
+        raise  # the body size limit's 413, as FastAPI lets it through
+    except Exception as exc:
+        raise HTTPException(400, "There was an error parsing the body") from exc  # FastAPI's words
+
+
 class LeanRoute(APIRoute):
     """An ``APIRoute`` whose endpoint is ``(body, request, gw)`` behind ``require_auth`` alone (its router's
     dependency); the plain request skips FastAPI's handler, the rest goes through it."""
@@ -64,29 +81,95 @@ class LeanRoute(APIRoute):
         if [d.dependency for d in self.dependencies] != [require_auth]:
             raise TypeError(f"a lean route depends on require_auth alone: {path}")
 
+    async def lean(self, request: Request) -> Response | None:
+        """The endpoint's response to a plain request; None when FastAPI must answer (the body may have been
+        read by then: Starlette keeps it with the request)."""
+        app = request.app
+        gw: Gateway = app.state.gateway
+        if app.dependency_overrides or not is_json(request.headers.get("content-type")):
+            return None
+        caller = authenticate(request, gw.tenants, gw.peers)
+        if caller is None:
+            return None
+        body = decode(self.body_model, await read_body(request))
+        if body is None:
+            return None
+        remember(request, caller)
+        response: Response = await self.endpoint(body=body, request=request, gw=gw)
+        return response
+
     def get_route_handler(self) -> Handler:
         full = super().get_route_handler()
-        model, endpoint = self.body_model, self.endpoint
 
         async def handler(request: Request) -> Response:
-            app = request.app
-            gw: Gateway = app.state.gateway
-            if app.dependency_overrides or not is_json(request.headers.get("content-type")):
-                return await full(request)
-            caller = authenticate(request, gw.tenants, gw.peers)
-            if caller is None:
-                return await full(request)
-            try:
-                raw = await request.body()
-            except HTTPException:
-                raise  # the body size limit's 413, as FastAPI lets it through
-            except Exception as exc:
-                raise HTTPException(400, "There was an error parsing the body") from exc  # FastAPI's words
-            body = decode(model, raw)
-            if body is None:
-                return await full(request)  # reads the body Starlette kept, and answers as FastAPI does
-            remember(request, caller)
-            response: Response = await endpoint(body=body, request=request, gw=gw)
-            return response
+            if _FALLBACK not in request.scope:
+                response = await self.lean(request)
+                if response is not None:
+                    return response
+            return await full(request)
 
         return handler
+
+
+_FALLBACK = "skg.lean.fallback"
+"""Set on a request a shortcut handed back to the router: its route answers it FastAPI's whole way."""
+
+
+class Shortcut(BaseRoute):
+    """First among an app's routes: ``POST <path>`` goes straight to its lean route, without matching the
+    routes before it and without FastAPI's per-request wrapping (exception handlers and middleware stay
+    around it). A request the lean route will not serve goes back to the router, body and all, and from
+    there to the same route, FastAPI's way."""
+
+    include_in_schema = False
+
+    def __init__(self, route: LeanRoute) -> None:
+        self.route = route
+        self.path = self.path_format = route.path
+        self.methods = frozenset(route.methods or ())
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == self.path
+            and scope["method"] in self.methods
+            and not scope.get("root_path")
+            and _FALLBACK not in scope
+        ):
+            return Match.FULL, {"endpoint": self.route.endpoint, "path_params": {}}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        raise NoMatchFound(name, path_params)  # the route itself names this path
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        response = await self.route.lean(request)
+        if response is None:
+            body = await read_body(request)
+            scope[_FALLBACK] = True
+            await scope["router"](scope, _replay(body, receive), send)
+            return
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for a body already read: the body once, then the connection's own (a disconnect)."""
+    pending = True
+
+    async def again() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+def install_shortcuts(app: FastAPI, router: APIRouter) -> None:
+    """Put a shortcut to each of ``router``'s lean routes first among ``app``'s routes (call after
+    ``app.include_router(router)``; the OpenAPI document does not see them)."""
+    for route in router.routes:
+        if isinstance(route, LeanRoute):
+            app.router.routes.insert(0, Shortcut(route))

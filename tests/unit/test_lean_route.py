@@ -26,7 +26,7 @@ from kernel_gateway.models import ExecuteRequest
 from kernel_gateway.peers import PeerAuth
 from kernel_gateway.responses import JSONResponse
 from kernel_gateway.routes import execute
-from kernel_gateway.routes.lean import LeanRoute, decode, is_json
+from kernel_gateway.routes.lean import LeanRoute, Shortcut, decode, install_shortcuts, is_json
 from kernel_gateway.tenants import DEFAULT_TENANT, Tenants
 
 TOKEN = "lean-route-token"
@@ -43,21 +43,33 @@ class Holder:
 
 
 async def echo(body: ExecuteRequest, request: Request, gw: GatewayDep) -> Response:
-    return JSONResponse({"body": body.model_dump(), "tenant": caller_of(request).tenant})
+    # Whether FastAPI's per-request wrapping (request_response) ran: the shortcut goes around it.
+    wrapped = "fastapi_inner_astack" in request.scope
+    headers = {"x-wrapped": str(wrapped).lower()}
+    return JSONResponse({"body": body.model_dump(), "tenant": caller_of(request).tenant}, headers=headers)
 
 
-def make_app(route_class: type[fastapi.routing.APIRoute]) -> FastAPI:
+def make_app(route_class: type[fastapi.routing.APIRoute], shortcut: bool = False) -> FastAPI:
     app = FastAPI()
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_body_size=LIMIT)
+    app.get("/echo")(other_method)
     router = APIRouter(dependencies=[Authorized], route_class=route_class)
     router.post("/echo")(echo)
     app.include_router(router)
+    if shortcut:
+        install_shortcuts(app, router)
     app.state.gateway = Holder(Tenants(None, TOKEN, 0, 0), PeerAuth(b"k" * 32, "replica-a"), Metrics())
     return app
 
 
-LEAN, STOCK = make_app(LeanRoute), make_app(fastapi.routing.APIRoute)
+async def other_method(request: Request) -> Response:
+    """``GET`` on the same path: not the shortcut's."""
+    return JSONResponse({"method": request.method})
+
+
+# The route alone, the route behind its shortcut (as the service has it), and FastAPI's own.
+LEAN, SHORT, STOCK = make_app(LeanRoute), make_app(LeanRoute, shortcut=True), make_app(fastapi.routing.APIRoute)
 AUTH = {"authorization": f"token {TOKEN}"}
 JSON = {"content-type": "application/json"}
 
@@ -68,14 +80,16 @@ async def _post(app: FastAPI, content: bytes | AsyncIterator[bytes], headers: di
         return await client.post("/echo", content=content, headers=headers)
 
 
-async def both(content: bytes, headers: dict[str, str]) -> tuple[httpx.Response, httpx.Response]:
-    return await _post(LEAN, content, headers), await _post(STOCK, content, headers)
+async def answers(content: bytes, headers: dict[str, str]) -> list[httpx.Response]:
+    return [await _post(app, content, headers) for app in (LEAN, SHORT, STOCK)]
 
 
-def same(lean: httpx.Response, stock: httpx.Response) -> None:
-    assert (lean.status_code, lean.content) == (stock.status_code, stock.content)
-    assert lean.headers.get("content-type") == stock.headers.get("content-type")
-    assert lean.headers.get("www-authenticate") == stock.headers.get("www-authenticate")
+def same(*responses: httpx.Response) -> None:
+    first, *others = responses
+    for other in others:
+        assert (first.status_code, first.content) == (other.status_code, other.content)
+        for name in ("content-type", "www-authenticate"):
+            assert first.headers.get(name) == other.headers.get(name)
 
 
 CASES: list[tuple[bytes, dict[str, str]]] = [
@@ -108,7 +122,7 @@ CASES: list[tuple[bytes, dict[str, str]]] = [
 
 @pytest.mark.parametrize(("content", "headers"), CASES)
 async def test_each_request_gets_the_stock_answer(content: bytes, headers: dict[str, str]) -> None:
-    same(*await both(content, headers))
+    same(*await answers(content, headers))
 
 
 async def _chunks(size: int) -> AsyncIterator[bytes]:
@@ -121,9 +135,9 @@ async def _chunks(size: int) -> AsyncIterator[bytes]:
 @pytest.mark.parametrize("size", [LIMIT // 2, LIMIT * 2])
 async def test_a_chunked_body_over_the_limit_is_refused_alike(size: int) -> None:
     headers = {**AUTH, **JSON}
-    lean, stock = await _post(LEAN, _chunks(size), headers), await _post(STOCK, _chunks(size), headers)
-    same(lean, stock)
-    assert lean.status_code == (413 if size > LIMIT else 200)
+    replies = [await _post(app, _chunks(size), headers) for app in (LEAN, SHORT, STOCK)]
+    same(*replies)
+    assert replies[0].status_code == (413 if size > LIMIT else 200)
 
 
 JSONISH = st.recursive(
@@ -146,11 +160,11 @@ FIELDS = st.fixed_dictionaries(
 @given(body=FIELDS | JSONISH, raw=st.binary(max_size=30), use_raw=st.booleans())
 def test_generated_bodies_get_the_stock_answer(body: Any, raw: bytes, use_raw: bool) -> None:
     content = raw if use_raw else orjson.dumps(body)
-    lean, stock = asyncio.run(both(content, {**AUTH, **JSON}))
-    same(lean, stock)
+    same(*asyncio.run(answers(content, {**AUTH, **JSON})))
 
 
-async def test_only_the_plain_request_skips_fastapis_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("app", [LEAN, SHORT], ids=["route", "shortcut"])
+async def test_only_the_plain_request_skips_fastapis_handler(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     solved: list[str] = []
     original = fastapi.routing.solve_dependencies
 
@@ -159,28 +173,42 @@ async def test_only_the_plain_request_skips_fastapis_handler(monkeypatch: pytest
         return await original(*args, **kwargs)
 
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
-    plain = await _post(LEAN, b'{"code": "x"}', {**AUTH, **JSON})
+    plain = await _post(app, b'{"code": "x"}', {**AUTH, **JSON})
     assert plain.status_code == 200 and plain.json() == {
         "body": {"code": "x", "session": None, "timeout": None},
         "tenant": DEFAULT_TENANT,
     }
     assert solved == []
-    refused = await _post(LEAN, b'{"code": "x"}', JSON)
+    assert plain.headers["x-wrapped"] == ("false" if app is SHORT else "true")
+    refused = await _post(app, b'{"code": "x"}', JSON)
     assert refused.status_code == 401 and solved == ["/echo"]
 
     async def anyone() -> Caller:
         return Caller()
 
-    LEAN.dependency_overrides[require_auth] = anyone  # overrides are FastAPI's to apply: its way
+    app.dependency_overrides[require_auth] = anyone  # overrides are FastAPI's to apply: its way
     try:
-        assert (await _post(LEAN, b'{"code": "x"}', JSON)).status_code == 200
+        assert (await _post(app, b'{"code": "x"}', JSON)).status_code == 200
     finally:
-        LEAN.dependency_overrides.clear()
+        app.dependency_overrides.clear()
     assert solved == ["/echo", "/echo"]
 
 
 def test_the_execute_routes_are_lean() -> None:
     assert {r.path for r in execute.router.routes if isinstance(r, LeanRoute)} == {"/execute", "/execute/stream"}
+
+
+async def test_a_shortcut_takes_only_its_own_method_and_path() -> None:
+    transport = httpx.ASGITransport(app=SHORT)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        assert (await client.get("/echo", headers=AUTH)).json() == {"method": "GET"}
+        assert (await client.post("/echo/", content=b'{"code": "x"}', headers={**AUTH, **JSON})).status_code in (
+            307,
+            404,
+        )
+        assert (await client.put("/echo", headers=AUTH)).status_code == 405
+    assert not any(isinstance(r, Shortcut) for r in STOCK.router.routes)
+    assert isinstance(SHORT.router.routes[0], Shortcut)
 
 
 def test_a_lean_route_refuses_an_endpoint_it_cannot_call() -> None:
