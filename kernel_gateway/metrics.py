@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,6 +13,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, str], Any] = {}
         self.executions = Counter(
             "skg_executions", "Cells executed through the REST face", ["status"], registry=self.registry
         )
@@ -57,11 +59,25 @@ class Metrics:
         self.sessions = Gauge("skg_sessions", "Sessions on this replica", registry=self.registry)
         self.pool_ready = Gauge("skg_pool_ready_kernels", "Warm kernels ready in the pool", registry=self.registry)
 
+    def labelled(self, metric: Counter | Histogram, value: str) -> Any:
+        """``metric.labels(value)``, kept: prometheus-client takes a lock and builds a key on every call, and
+        the per-cell metrics ask for the same few children every time (each appears once first used)."""
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
+
+    def executed(self, status: str, mode: str, seconds: float) -> None:
+        """One REST cell answered."""
+        self.labelled(self.executions, status).inc()
+        self.labelled(self.execution_seconds, mode).observe(seconds)
+
     # StateObserver: checkpoints and restores from every face, as they happen.
     def checkpointed(self, written_bytes: int, seconds: float, committed: bool) -> None:
         self.checkpoint_bytes.observe(written_bytes)
         self.checkpoint_seconds.observe(seconds)
-        self.checkpoints.labels("committed" if committed else "pending").inc()
+        self.labelled(self.checkpoints, "committed" if committed else "pending").inc()
 
     def restored(self, seconds: float) -> None:
         self.restores.inc()

@@ -29,8 +29,7 @@ def _timeout(gw: Gateway, body: ExecuteRequest) -> float:
 
 
 def _record(gw: Gateway, result: ExecutionResult, started: float, mode: str) -> None:
-    gw.metrics.executions.labels(result.status.value).inc()
-    gw.metrics.execution_seconds.labels(mode).observe(time.perf_counter() - started)
+    gw.metrics.executed(result.status.value, mode, time.perf_counter() - started)
     if result.kernel_restarted:
         gw.metrics.kernel_restarts.labels("died" if result.status.value == "error" else "timeout").inc()
 
