@@ -83,6 +83,9 @@ async def test_lease_epochs_increase_and_fence(store: StateStore) -> None:
     rec = record(s)
     with pytest.raises(StaleEpoch):
         await store.commit(s, e1, commit_of(rec, {}, [], []), ttl=600)
+    with pytest.raises(StaleEpoch):  # what a stale commit carries is not written either
+        await store.commit(s, e1, commit_of(rec, {"g:stale": b"x"}, [], []), ttl=600)
+    assert await store.load_blobs(s, ["g:stale"]) == {}
     # The epoch alone is not the token: the same epoch with another nonce (as a failover that lost an INCR
     # could issue twice) is fenced off too.
     with pytest.raises(StaleEpoch):

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
+
 from .base import LIST_LIMIT, Commit, Fence, Lease, Renewal, SessionRecord, StaleEpoch, StoreUnavailable
 
 T = TypeVar("T")
@@ -216,8 +218,23 @@ class LocalStore:
 
     async def commit(self, session_id: str, fence: Fence, commit: Commit, ttl: float) -> None:
         def run(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT epoch, nonce FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            if row is None or (int(row[0]), row[1]) != (fence.epoch, fence.nonce):
+            # The fence is checked by the update itself (one statement fewer per cell); a stale one rolls the
+            # transaction back before any blob is written.
+            cur = db.execute(
+                "UPDATE sessions SET manifest = ?, manifest_sig = ?, fields = ?, expires = ?, ran = ? "
+                "WHERE id = ? AND epoch = ? AND nonce = ?",
+                (
+                    commit.manifest,
+                    commit.manifest_sig,
+                    orjson.dumps(commit.record.to_fields()).decode(),
+                    time.time() + self._ttl,
+                    commit.record.execution_count,
+                    session_id,
+                    fence.epoch,
+                    fence.nonce,
+                ),
+            )
+            if cur.rowcount != 1:
                 raise StaleEpoch(f"session {session_id!r}: epoch {fence.epoch} is no longer current")
             for key, data in commit.blobs.items():
                 db.execute(
@@ -225,17 +242,6 @@ class LocalStore:
                 )
             for key in commit.drop:
                 db.execute("DELETE FROM blobs WHERE session_id = ? AND key = ?", (session_id, key))
-            db.execute(
-                "UPDATE sessions SET manifest = ?, manifest_sig = ?, fields = ?, expires = ?, ran = ? WHERE id = ?",
-                (
-                    commit.manifest,
-                    commit.manifest_sig,
-                    json.dumps(commit.record.to_fields()),
-                    time.time() + self._ttl,
-                    commit.record.execution_count,
-                    session_id,
-                ),
-            )
 
         size = len(commit.manifest) + sum(len(b) for b in commit.blobs.values())
         await self._run(run, small=size <= _SMALL)
