@@ -125,6 +125,21 @@ def test_plans() -> None:
     assert 3 * full.timeline()[-1].end <= 380 and full.hold >= 30  # the slowest model absorbs its step in ~28 s
 
 
+def test_night_of_the_trace() -> None:
+    plan = make_plan(False)
+    stages = plan.timeline()
+    first = next(s for s in stages if s.phase == "trace" and s.users == 0)
+    t0 = 1000.0 + first.start
+
+    def at(t: float, servers: int) -> Sample:
+        return Sample(t0 + t, 100.0, 0.0, 3, servers)
+
+    reached = metrics.night(stages, [at(-1, 2), at(4, 1), at(8, 0), at(12, 0)], 1000.0)
+    assert reached == {"seconds": 10 * plan.night_hour, "zero_after_s": 8.0}
+    assert metrics.night(stages, [at(4, 1), at(14.9, 1), at(15.5, 0)], 1000.0)["zero_after_s"] is None  # morning
+    assert metrics.night(make_plan(True).timeline()[:3], [], 0.0) == {}
+
+
 def test_memory_readings_agree() -> None:
     def at(pss: float, processes: int = 5) -> Sample:
         return Sample(0.0, pss, 0.0, processes, 1)

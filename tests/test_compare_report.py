@@ -99,12 +99,21 @@ def test_a_shortened_night_is_said_and_costed(recorded: tuple[Path, dict[str, An
     assert "full-length night" not in "\n".join(detail_tables(results))  # this run's night was not shortened
     changed = copy.deepcopy(results)
     changed["plan"] |= {"day": [1.0, 0.0, 0.0, 1.0], "day_hours": 4, "hour": 3.0, "night_hour": 1.0}
-    changed["models"]["gateway"]["idle"]["no_users"] = {"pss_mb": 512.0, "servers": 0, "processes": 3}
+    models = changed["models"]
+    models["gateway"]["idle"]["no_users"] = {"pss_mb": 512.0, "servers": 0, "processes": 3}
+    models["dedicated"]["idle"]["no_users"] = {"pss_mb": 256.0, "servers": 0, "processes": 2}
+    models["gateway"]["load"]["trace_night"] = {"seconds": 2.0, "zero_after_s": 1.5}
+    models["dedicated"]["load"]["trace_night"] = {"seconds": 2.0, "zero_after_s": None}
+    models["peruser"]["load"].pop("trace_night", None)
     trace = next(t for t in detail_tables(changed) if t.startswith("### The daily trace"))
     assert "2 s in all, 4 s shorter than at the day's scale" in trace
-    row = next(line for line in trace.splitlines() if "full-length night would add (4 s" in line)
-    floors = [changed["models"][k]["idle"].get("no_users", {}).get("pss_mb") for k in ("dedicated", "peruser")]
-    expected = ["—" if f is None else f"+{4 * f / 1024:.2f}" for f in floors]
-    assert [c.strip() for c in row.strip("|").split("|")][1:] == [*expected, "+2.00"]
+
+    def cells(label: str) -> list[str]:
+        row = next(line for line in trace.splitlines() if label in line)
+        return [c.strip() for c in row.strip("|").split("|")][1:]
+
+    assert cells("nothing up during the night") == ["**not within the night** (2 s)", "—", "after 1.5 s of 2"]
+    # Only a model that got to its floor is costed at it (the dedicated one never did, here).
+    assert cells("full-length night would add (4 s") == ["—", "—", "+2.00"]
     build_report(folder, changed)  # the plot draws the users' hours at their own lengths
     assert (folder / "trace.png").read_bytes().startswith(PNG)

@@ -141,20 +141,26 @@ def detail_tables(results: Json) -> list[str]:
         # The night is shorter than the day's scale: say so, and what the missing part would cost at the floor.
         intro = (
             f"Each hour lasts {results['plan']['hour']:g} s, except the night's hours with nobody on: "
-            f"{night_s:g} s in all, {short_s:g} s shorter than at the day's scale. Every model reaches its floor "
-            "(no users) within its idle time and stays there, so a full-length night would add "
-            f"{short_s:g} s at that floor (last row: memory only).\n\n"
+            f"{night_s:g} s in all, {short_s:g} s shorter than at the day's scale. A model that reaches its floor "
+            "(nothing up) during the night stays there until the morning, so a full-length night would add "
+            f"{short_s:g} s at that floor (last row: memory only; none for a model that never got there).\n\n"
         )
-        trace.append(
-            line(
-                f"  a full-length night would add ({short_s:g} s at the no-user floor), GB·s",
-                lambda m: (
-                    f"+{short_s * g(m, 'idle', 'no_users', 'pss_mb') / 1024:.2f}"
-                    if g(m, "idle", "no_users", "pss_mb") is not None
-                    else DASH
-                ),
-            )
-        )
+
+        def zero(m: Json) -> str:
+            n = g(m, "load", "trace_night") or {}
+            if not n:
+                return DASH
+            if n.get("zero_after_s") is None:
+                return f"**not within the night** ({n['seconds']:g} s)"
+            return f"after {n['zero_after_s']:g} s of {n['seconds']:g}"
+
+        def extra(m: Json) -> str:
+            floor = g(m, "idle", "no_users", "pss_mb")
+            reached = g(m, "load", "trace_night", "zero_after_s") is not None
+            return DASH if floor is None or not reached else f"+{short_s * floor / 1024:.2f}"
+
+        trace.append(line("  nothing up during the night", zero))
+        trace.append(line(f"  a full-length night would add ({short_s:g} s at the no-user floor), GB·s", extra))
     out.append(
         "### The daily trace (a day compressed in time; users leave and come back)\n\n" + intro + table(head, trace)
     )

@@ -92,6 +92,21 @@ def cost(samples: Sequence[Sample], t0: float, t1: float) -> Json:
     }
 
 
+def night(stages: list[Stage], samples: Sequence[Sample], started: float) -> Json:
+    """The trace's first run of hours with nobody on: how long it lasted, and after how many seconds of it
+    the model had nothing up (None: not before the morning; the night's cost is then not the model's floor)."""
+    empty = [s for s in stages if s.phase == "trace" and s.users == 0]
+    if not empty:
+        return {}
+    first = stages.index(empty[0])
+    last = first
+    while last + 1 < len(stages) and stages[last + 1].phase == "trace" and stages[last + 1].users == 0:
+        last += 1
+    t0, t1 = started + stages[first].start, started + stages[last].end
+    zero = next((s.t for s in samples if t0 <= s.t <= t1 and s.servers == 0), None)
+    return {"seconds": round(t1 - t0, 1), "zero_after_s": None if zero is None else round(zero - t0, 1)}
+
+
 def run_figures(rows: Sequence[Row], started: float, stages: list[Stage], samples: Sequence[Sample]) -> Json:
     """Every figure of one locust run on the compare timeline (ramp, steady, burst, saturation, trace)."""
     w = {k: (started + a, started + b) for k, (a, b) in phase_windows(stages).items()}
@@ -117,5 +132,6 @@ def run_figures(rows: Sequence[Row], started: float, stages: list[Stage], sample
     if "trace" in w:
         out["trace_users"] = user_view(rows, *w["trace"])
         out["trace_cost"] = cost(samples, *w["trace"])
+        out["trace_night"] = night(stages, samples, started)
     out["all_users"] = user_view(rows, started, started + stages[-1].end + 60)
     return out
