@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import NoSuchKernel
 
 from notebook_state.checkpoint import Checkpointer
 from notebook_state.persistence import Persistence
@@ -29,6 +29,7 @@ from notebook_state.types import SESSION_ID_PATTERN, StateObserver
 
 from ..kernels.factory import KernelFactory
 from ..kernels.kernel import Kernel, KernelState
+from ..kernels.launch import KernelSpecs
 from ..kernels.options import scratch_parent
 from ..kernels.pool import REFILL_DELAY, KernelPool
 from ..types import ManagerSettings
@@ -112,7 +113,7 @@ class SessionManager:
         self.store = store
         self.replica_id = uuid.uuid4().hex[:12]
         self._url = url
-        self.kernel_specs = KernelSpecManager()
+        self.kernel_specs = KernelSpecs()  # jupyter_client's lookup, without IPython in the service
         # Unix socket paths are limited to ~107 bytes, so kernels' sockets (and the checkpoints they hand
         # over) live in a short private directory, in memory when there is room.
         self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="skg-", dir=scratch_parent()))
