@@ -40,7 +40,25 @@ def connect_timeout(settings: Settings) -> float:
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_limit, connect=connect_timeout(settings)))
+    timeout = httpx.Timeout(settings.forward_limit, connect=connect_timeout(settings))
+    return httpx.AsyncClient(timeout=timeout, transport=LazyTransport())
+
+
+class LazyTransport(httpx.AsyncBaseTransport):
+    """httpx's own transport, made at the first forward: its TLS context (the CA bundle parsed, 50-250 ms of
+    CPU) is then not on a cold start's path to its first result, which forwards nothing."""
+
+    def __init__(self) -> None:
+        self.transport: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.transport is None:
+            self.transport = httpx.AsyncHTTPTransport()
+        return await self.transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self.transport is not None:
+            await self.transport.aclose()
 
 
 def is_forwarded(gw: Gateway, conn: HTTPConnection) -> bool:
