@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Message, Receive, Scope, Send
@@ -59,10 +60,19 @@ def decode(model: type[BaseModel], body: bytes) -> BaseModel | None:
         return None
 
 
-async def read_body(request: Request) -> bytes:
-    """The request's body, failing as FastAPI's handler does when it cannot be read."""
+async def read_body(receive: Receive) -> bytes:
+    """A request's whole body from its ``receive``, failing as FastAPI's handler does when it cannot be read
+    (without Starlette's stream generator: the shortcut replays the body to whoever reads it next)."""
+    chunks: list[bytes] = []
     try:
-        return await request.body()
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+            elif message["type"] == "http.disconnect":
+                raise ClientDisconnect()
     except HTTPException:
         raise  # the body size limit's 413, as FastAPI lets it through
     except Exception as exc:
@@ -81,9 +91,9 @@ class LeanRoute(APIRoute):
         if [d.dependency for d in self.dependencies] != [require_auth]:
             raise TypeError(f"a lean route depends on require_auth alone: {path}")
 
-    async def lean(self, request: Request) -> Response | None:
-        """The endpoint's response to a plain request; None when FastAPI must answer (the body may have been
-        read by then: Starlette keeps it with the request)."""
+    async def lean(self, request: Request, raw: bytes | None = None) -> Response | None:
+        """The endpoint's response to a plain request whose body is ``raw`` (read from the request when None);
+        None when FastAPI must answer (the body may have been read by then: Starlette keeps it)."""
         app = request.app
         gw: Gateway = app.state.gateway
         if app.dependency_overrides or not is_json(request.headers.get("content-type")):
@@ -91,7 +101,14 @@ class LeanRoute(APIRoute):
         caller = authenticate(request, gw.tenants, gw.peers)
         if caller is None:
             return None
-        body = decode(self.body_model, await read_body(request))
+        if raw is None:
+            try:
+                raw = await request.body()
+            except HTTPException:
+                raise  # the body size limit's 413, as FastAPI lets it through
+            except Exception as exc:
+                raise HTTPException(400, "There was an error parsing the body") from exc  # FastAPI's words
+        body = decode(self.body_model, raw)
         if body is None:
             return None
         remember(request, caller)
@@ -143,10 +160,9 @@ class Shortcut(BaseRoute):
         raise NoMatchFound(name, path_params)  # the route itself names this path
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-        response = await self.route.lean(request)
+        body = await read_body(receive)  # FastAPI reads it first too: a body error answers before the token
+        response = await self.route.lean(Request(scope, _replay(body, receive), send), body)
         if response is None:
-            body = await read_body(request)
             scope[_FALLBACK] = True
             await scope["router"](scope, _replay(body, receive), send)
             return
