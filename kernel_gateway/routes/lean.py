@@ -38,7 +38,6 @@ from starlette.types import Message, Receive, Scope, Send
 from ..auth import authenticate, remember
 from ..deps import Gateway, require_auth
 
-LeanEndpoint = Callable[..., Awaitable[Response]]
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 _PARAMETERS = ["body", "request", "gw"]
@@ -60,23 +59,27 @@ def decode(model: type[BaseModel], body: bytes) -> BaseModel | None:
         return None
 
 
-async def read_body(receive: Receive) -> bytes:
-    """A request's whole body from its ``receive``, failing as FastAPI's handler does when it cannot be read
-    (without Starlette's stream generator: the shortcut replays the body to whoever reads it next)."""
-    chunks: list[bytes] = []
+async def readable(read: Awaitable[bytes]) -> bytes:
+    """A body, or the error FastAPI's handler answers when it cannot be read."""
     try:
-        while True:
-            message = await receive()
-            if message["type"] == "http.request":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-            elif message["type"] == "http.disconnect":
-                raise ClientDisconnect()
+        return await read
     except HTTPException:
         raise  # the body size limit's 413, as FastAPI lets it through
     except Exception as exc:
         raise HTTPException(400, "There was an error parsing the body") from exc  # FastAPI's words
+
+
+async def _whole_body(receive: Receive) -> bytes:
+    # Without Starlette's stream generator: the shortcut replays the body to whoever reads it next.
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 class LeanRoute(APIRoute):
@@ -102,12 +105,7 @@ class LeanRoute(APIRoute):
         if caller is None:
             return None
         if raw is None:
-            try:
-                raw = await request.body()
-            except HTTPException:
-                raise  # the body size limit's 413, as FastAPI lets it through
-            except Exception as exc:
-                raise HTTPException(400, "There was an error parsing the body") from exc  # FastAPI's words
+            raw = await readable(request.body())
         body = decode(self.body_model, raw)
         if body is None:
             return None
@@ -160,7 +158,7 @@ class Shortcut(BaseRoute):
         raise NoMatchFound(name, path_params)  # the route itself names this path
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_body(receive)  # FastAPI reads it first too: a body error answers before the token
+        body = await readable(_whole_body(receive))  # FastAPI reads it first too: its errors come before 401
         response = await self.route.lean(Request(scope, _replay(body, receive), send), body)
         if response is None:
             scope[_FALLBACK] = True
