@@ -29,7 +29,8 @@ def wait_progress(admin: httpx.Client, name: str) -> None:
     JupyterHub's spawn page waits: one request, not one every fraction of a second (each costs the hub a few
     ms of CPU, counted as the model's, and with eight spawns at once that was a fifth of a core)."""
     with admin.stream("GET", f"/hub/api/users/{name}/server/progress") as r:
-        if r.status_code != 200:  # (400: not pending any more)
+        if r.status_code != 200:  # (400: not pending any more; the caller looks again, not at once)
+            time.sleep(0.2)
             return
         for line in r.iter_lines():
             if line.startswith("data:") and {"ready", "failed"} & set(json.loads(line[5:])):
