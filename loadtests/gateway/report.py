@@ -48,7 +48,7 @@ def skeleton(config: Config) -> Json:
         "config": {
             **config.as_json(),
             "client": "this one Python process: jupyter_client, a synchronous keep-alive httpx.Client (REST "
-            "latency), httpx.AsyncClient (REST throughput, bursts), websockets without compression (JSON text)",
+            "latency), aiohttp (REST throughput, bursts), websockets without compression (JSON text)",
         },
     }
     result.update({section: {} for section in SECTIONS})
