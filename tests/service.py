@@ -51,6 +51,21 @@ class Service:
             time.sleep(0.1)
         raise TimeoutError("service not ready in time:\n" + "".join(self.log))
 
+    def wait_exit(self, timeout: float) -> int:
+        """The exit status, once the service exits by itself; if it does not, what it was doing (its Python
+        stacks, by py-spy) and its log go into the failure, so that a hang names its cause."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            dump = subprocess.run(
+                [str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(self.proc.pid)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            raise AssertionError(
+                f"service still running {timeout} s later; its stacks:\n{dump.stdout}{dump.stderr}\n"
+                "its log (end):\n" + "".join(self.log)[-20_000:]
+            ) from None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -167,7 +167,7 @@ def test_forked_kernels_die_with_the_service(tmp_path: Path) -> None:
         assert session_kernel in everything
     finally:
         os.kill(service.proc.pid, signal.SIGKILL)
-        service.proc.wait(30)
+        service.wait_exit(30)
     wait_for(lambda: not any(alive(pid) for pid in everything))
 
 

@@ -70,7 +70,7 @@ def test_sigterm_lets_running_cell_finish_then_exits_cleanly(tmp_path: Path) -> 
             worker.join(60)
         assert box["r"].status_code == 200
         assert box["r"].json()["outputs"][0]["data"] == {"text/plain": "'finished'"}
-        assert service.proc.wait(30) == 0
+        assert service.wait_exit(30) == 0
         deadline = time.monotonic() + 10
         while _alive(kernel_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
