@@ -3,6 +3,7 @@ the sandbox's command prefix."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -67,6 +68,7 @@ IPYKERNEL_ARGUMENTS = [
 ]
 
 
+@functools.cache  # where ipykernel is installed does not change while the service runs; asked per kernel start
 def _ipykernel_resources() -> str | None:
     """Where ipykernel keeps its own kernelspec (``ipykernel.kernelspec.RESOURCES``), found without importing it."""
     spec = importlib.util.find_spec("ipykernel")
