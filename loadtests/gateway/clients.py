@@ -130,7 +130,7 @@ class AsyncRest:
     def client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the loop that runs the requests (aiohttp binds a session to its loop).
         if self._client is None:
-            connector = aiohttp.TCPConnector(limit=self.connections + 4, force_close=False)
+            connector = aiohttp.TCPConnector(limit=self.connections + 4)
             timeout = aiohttp.ClientTimeout(total=STARTUP_TIMEOUT)
             self._client = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers)
         return self._client
