@@ -21,7 +21,6 @@ from .session import Session
 log = logging.getLogger(__name__)
 
 Drop = Callable[[Session], Awaitable[None]]
-Evict = Callable[[Session], Awaitable[bool]]
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]], backoff: float = 1.0) -> None:
@@ -122,12 +121,32 @@ class LeaseKeeper:
             await self.lost(session)
 
     async def drop_lapsed(self) -> None:
+        """A lease that may have lapsed unrenewed: another replica may take the session any moment, so this one
+        stops at once; its kernel (and whatever ran uncommitted) goes, the committed state stays stored."""
         for session in self._held():
             if session.lease is not None and not session.lease.valid():
+                persistence = session.persistence
+                unsaved = session.execution_count - (persistence.state.committed_count if persistence else 0)
+                log.warning(
+                    "session %s: lease may have lapsed (the store did not confirm it in time); dropped here%s",
+                    session.id, f", {unsaved} cells not saved" if persistence is not None and unsaved > 0 else "",
+                )  # fmt: skip
                 await self.lapsed(session)
 
 
-async def evict_idle(sessions: Mapping[str, Session], after: float, evict: Evict) -> None:
+async def evict(session: Session, release: Drop) -> bool:
+    """Free an idle session's kernel (``release``: its lease released, its kernel shut down); its committed
+    checkpoint is restored on next use. A session with nothing committed, or still in use, stays."""
+    if session.persistence is None or session.busy or session.connections:
+        return False
+    if not await session.persistence.flush():
+        return False
+    await release(session)
+    log.info("session %s evicted to the store", session.id)
+    return True
+
+
+async def evict_idle(sessions: Mapping[str, Session], after: float, release: Drop) -> None:
     """Evict sessions idle for ``after`` seconds: their kernels go, their state stays stored."""
     interval = min(max(after / 4, 0.5), 30.0)
     while True:
@@ -136,7 +155,7 @@ async def evict_idle(sessions: Mapping[str, Session], after: float, evict: Evict
         for session in list(sessions.values()):
             if now_wall - session.last_activity >= after:
                 try:
-                    await evict(session)
+                    await evict(session, release)
                 except StoreUnavailable:
                     continue
                 except Exception:

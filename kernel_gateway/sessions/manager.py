@@ -1,8 +1,9 @@
-"""The sessions of one replica: created on warm kernels, leased in the store, restored anywhere.
+"""The sessions of one replica, and THE decision of where a session lives.
 
 A session lives in the store (record, lease, checkpoints); this replica holds a live kernel only for the
 sessions whose lease it holds. Asking for any other session either names its live owner (the HTTP layer
-forwards there) or takes it over: a new lease with a higher epoch, a kernel from the pool, a restore.
+forwards there) or takes it over: a new lease with a higher epoch, then ``opening.Opener`` puts it on a kernel
+(``kernels.supply``) and restores it. Every face (REST, Jupyter API, WebSocket) asks here.
 """
 
 from __future__ import annotations
@@ -14,29 +15,25 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from jupyter_client.kernelspec import NoSuchKernel
 
 from notebook_state.checkpoint import Checkpointer
-from notebook_state.persistence import Persistence
-from notebook_state.signing import Signer, VerificationError
+from notebook_state.signing import Signer
 from notebook_state.store import LIST_LIMIT, Fence, SessionRecord, StateStore, StoreUnavailable
-from notebook_state.types import SESSION_ID_PATTERN, StateObserver
+from notebook_state.types import StateObserver
 
 from ..kernels.factory import KernelFactory
-from ..kernels.kernel import Kernel, KernelState
 from ..kernels.launch import KernelSpecs
 from ..kernels.options import scratch_parent
-from ..kernels.pool import REFILL_DELAY, KernelPool
+from ..kernels.supply import KernelSupply
 from ..types import ManagerSettings
+from .drain import save_all, wait_idle
 from .errors import (
-    CheckpointRejected,
     Draining,
-    InvalidSessionId,
     KernelSpecNotFound,
     LeaseLost,
     LeaseUncertain,
@@ -49,15 +46,12 @@ from .errors import (
 from .execution import ExecutionResult, OutputCallback
 from .housekeeping import LeaseKeeper, evict_idle, supervise
 from .lease import HeldLease, now
+from .opening import Opener
+from .records import find, known_id, stored, validate_session_id
 from .rest_cell import run_rest_cell
-from .session import STATE_LOST_NOTICE, Session
+from .session import Session
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# A replica's first kernel waits for the session it was started for (a cold start's restore) until the warm
-# pool has a kernel ready, or at most this long (no pool), then goes.
-FIRST_KERNEL_HOLD = 10.0
 
 
 @dataclass
@@ -66,38 +60,8 @@ class _Claim:
     users: int = 0
 
 
-def unsaved_cells_notice(record: SessionRecord) -> str | None:
-    """Cells an earlier owner ran but never committed (it died or lost the store first), named for the next
-    caller; None when every cell that ran was saved."""
-    first, last = record.execution_count + 1, record.ran
-    if last < first:
-        return None
-    cells = f"cell {first}" if first == last else f"cells {first}-{last}"
-    return (
-        f"{cells} ran on a replica that stopped before {'its checkpoint' if first == last else 'their checkpoints'} "
-        f"committed: {'it was' if first == last else 'they were'} not saved; the session resumes from execution "
-        f"count {record.execution_count}"
-    )
-
-
-def known_id(session_id: str) -> None:
-    """Ids that no session can have (they were validated at creation) are simply not found: they never reach
-    the store, where a glob character could match other sessions' keys."""
-    if not SESSION_ID_PATTERN.match(session_id):
-        raise SessionNotFound(session_id)
-
-
-def validate_session_id(session_id: str) -> str:
-    if not SESSION_ID_PATTERN.match(session_id):
-        raise InvalidSessionId(
-            f"invalid session id {session_id!r}: use 1-128 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return session_id
-
-
 class SessionManager:
-    """Every session this replica serves, the warm pool their kernels come from, and their leases."""
+    """Every session this replica serves and their leases; its kernels come from ``supply``."""
 
     def __init__(
         self,
@@ -122,92 +86,28 @@ class SessionManager:
         )
         self.checkpointer.reply_handover = True  # every session takes its cells' checkpoints out of the replies
         self.kernels = KernelFactory(settings, self._runtime_dir, env_prefix, self.checkpointer)
-        self.pool = KernelPool(self._pool_kernel, settings.kernel_name, settings.pool_size)
-        self._pool_grew = asyncio.Event()
+        self.supply = KernelSupply(self.kernels, settings.kernel_name, settings.pool_size, lambda: self.draining)
+        self.pool = self.supply.pool
+        self._opener = Opener(
+            settings, self.supply, self.checkpointer, lambda: self.draining, self._lease_lost, self.drop
+        )
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self._claims: dict[str, _Claim] = {}
         self._opening: dict[str, HeldLease] = {}  # leases of sessions being opened or restored here
         self._tasks: list[asyncio.Task[None]] = []
-        self._first: asyncio.Task[Kernel] | None = None  # the first kernel, until a session takes it
-        self._prestarted = False
-        self._first_done = False
-        self._started = False
 
     @property
     def url(self) -> str:
         return self._url()
 
     def prestart(self) -> None:
-        """Boot the first kernel now, before the rest of the replica has started: a restore that finds the pool
-        empty (a cold start) takes it. It is exec'd without the preloaded modules: the restore's first result
-        waits neither for them nor for the kernel zygote's boot. The warm pool (and the zygote) start once it is
-        up and the replica has started, so that on a small machine they do not boot alongside it or alongside
-        the service's imports."""
-        if self._prestarted:
-            return
-        self._prestarted = True
-        loop = asyncio.get_running_loop()
-        first = loop.create_task(self.kernels.start(self.settings.kernel_name, None, preload=False, fork=False))
-        self._first = first
-        first.add_done_callback(lambda _: self._first_up())
-        self._tasks.append(loop.create_task(self._expire_first(first)))
-
-    def _first_up(self) -> None:
-        self._first_done = True
-        self._fill_pool()
-
-    def _fill_pool(self) -> None:
-        """Start the pool once the first kernel is up and start() has run (whichever comes last)."""
-        if self.draining or not self._started or (self._prestarted and not self._first_done):
-            return
-        # Launching a kernel blocks the loop for a moment: when a restore already took the first kernel, its
-        # first result goes before the pool's first launch (as the pool itself waits after a kernel is taken).
-        delay = REFILL_DELAY if self._prestarted and self._first is None else 0.0
-        asyncio.get_running_loop().call_later(delay, lambda: None if self.draining else self.pool.start())
-
-    async def _pool_kernel(self, name: str, env: Mapping[str, str] | None) -> Kernel:
-        kernel = await self.kernels.start(name, env)
-        self._pool_grew.set()
-        return kernel
-
-    async def _expire_first(self, first: asyncio.Task[Kernel]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait({first})
-            deadline = loop.time() + FIRST_KERNEL_HOLD
-            while self._first is first and self.pool.ready_count == 0 and loop.time() < deadline:
-                self._pool_grew.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pool_grew.wait(), deadline - loop.time())
-        finally:
-            if self._first is first:  # no session took it
-                self._first = None
-                if first.done() and not first.cancelled() and first.exception() is None:
-                    await first.result().shutdown(now=True)
-                else:
-                    first.cancel()
-
-    async def _first_kernel(self, name: str) -> Kernel | None:
-        """The replica's first kernel, for the one session that asks first; None when taken or failed."""
-        first = self._first
-        if first is None or name != self.settings.kernel_name:
-            return None
-        self._first = None
-        try:
-            kernel = await first
-        except Exception as exc:
-            log.warning("first kernel failed to start (%s): taking one from the pool", exc)
-            return None
-        if kernel.state is not KernelState.READY:
-            await kernel.shutdown(now=True)
-            return None
-        return kernel
+        """Boot the replica's first kernel now, before the rest of the replica (``KernelSupply.prestart``)."""
+        self.supply.prestart()
 
     async def start(self) -> None:
         self.check_kernel_name(self.settings.kernel_name)
-        self._started = True
-        self._fill_pool()
+        self.supply.start()
         loop = asyncio.get_running_loop()
         keeper = LeaseKeeper(
             self.sessions,
@@ -217,12 +117,12 @@ class SessionManager:
             lambda: self.url,
             self.settings.lease_ttl,
             self._lease_lost,
-            self._lease_lapsed,
+            lambda s: self.drop(s, release=False, reason="lease lapsed: the state store is unreachable; reconnect"),
         )
         self._tasks.append(loop.create_task(supervise("lease keeper", keeper.run)))
         after = self.settings.evict_idle_after
         if after > 0:
-            evictor = lambda: evict_idle(self.sessions, after, self.evict)  # noqa: E731
+            evictor = lambda: evict_idle(self.sessions, after, lambda s: self.drop(s, release=True))  # noqa: E731
             self._tasks.append(loop.create_task(supervise("idle eviction", evictor)))
 
     # -- kernelspecs -------------------------------------------------------------------------------------
@@ -253,16 +153,16 @@ class SessionManager:
         record = SessionRecord(
             id=sid, kernel_name=name, created=created, last_activity=created, env=allowed, tenant=tenant
         )
-        if not await self._store(self.store.create(record)):
+        if not await stored(self.store.create(record)):
             raise SessionExists(sid)
         sent = now()
-        fence = await self._store(self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl))
+        fence = await stored(self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl))
         if fence is None:
             raise SessionExists(sid)
         try:
             lease = HeldLease(fence, self.settings.lease_ttl, sent)
             with self._opening_lease(sid, lease):
-                session = await self._open(record, lease, allowed)
+                session = await self._opener.open(record, lease, allowed)
             await self._register(session)
         except BaseException:
             with contextlib.suppress(StoreUnavailable):
@@ -270,40 +170,6 @@ class SessionManager:
             raise
         log.info("session %s created on kernel %s (%s)", sid, session.kernel.id, name)
         return session
-
-    async def _open(
-        self, record: SessionRecord, lease: HeldLease, env: Mapping[str, str], restore: bool = False
-    ) -> Session:
-        name = record.kernel_name
-
-        async def acquire() -> Kernel:
-            kernel = await self._kernel(name, env, restore)
-            await self.kernels.apply_env(kernel, env, record.tenant)
-            return kernel
-
-        kernel = await acquire()
-        if self.draining:
-            await kernel.shutdown(now=True)
-            raise Draining()
-        persistence = (
-            Persistence(self.checkpointer, record, lease.fence, may_commit=lease.valid)
-            if self.settings.checkpoint and name == self.settings.kernel_name
-            else None
-        )
-        session = Session(record.id, kernel, acquire, persistence, self.settings.ws_replay_bytes, lease=lease)
-        session.created = record.created
-        session.tenant = record.tenant
-        session.on_lease_lost = self._lease_lost
-        return session
-
-    async def _kernel(self, name: str, env: Mapping[str, str], restore: bool) -> Kernel:
-        """A kernel from the pool; for a restore that finds it empty (a cold start), the replica's first kernel,
-        booting since the start."""
-        if restore and self.pool.ready_count == 0:
-            first = await self._first_kernel(name)
-            if first is not None:
-                return first
-        return await self.pool.acquire(name, env)
 
     def _check_room(self) -> None:
         limit = self.settings.max_sessions
@@ -346,9 +212,7 @@ class SessionManager:
                 local = self.sessions.get(session_id)
                 if local is not None and (tenant is None or local.tenant == tenant):
                     return local
-                record = await self._store(self.store.get(session_id))
-                if record is None or (tenant is not None and record.tenant != tenant):
-                    raise SessionNotFound(session_id)  # another tenant's session: not restored, not forwarded
+                record = await find(self.store, session_id, tenant)
                 lease = record.lease
                 if steal is None and lease is not None and lease.held_by_other(self.replica_id, time.time()):
                     raise OwnedElsewhere(session_id, lease.owner, lease.url, lease.epoch)
@@ -362,11 +226,11 @@ class SessionManager:
         sid = record.id
         self._check_room()
         sent = now()
-        fence: Fence | None = await self._store(
+        fence: Fence | None = await stored(
             self.store.acquire(sid, self.replica_id, self.url, self.settings.lease_ttl, steal=steal)
         )
         if fence is None:
-            fresh = await self._store(self.store.get(sid))
+            fresh = await stored(self.store.get(sid))
             if fresh is None:
                 raise SessionNotFound(sid)
             lease = fresh.lease
@@ -375,7 +239,7 @@ class SessionManager:
             raise OwnedElsewhere(sid, lease.owner, lease.url, lease.epoch)
         held = HeldLease(fence, self.settings.lease_ttl, sent)
         with self._opening_lease(sid, held):
-            session = await self._restored(record, held)
+            session = await self._opener.restored(record, held)
         # Visible only once restored: nothing may run on the kernel before its state is back.
         await self._register(session)
         return session
@@ -398,42 +262,6 @@ class SessionManager:
             raise LeaseUncertain(session.id)
         self.sessions[session.id] = session
 
-    async def _restored(self, record: SessionRecord, lease: HeldLease) -> Session:
-        sid = record.id
-        session = await self._open(record, lease, record.env, restore=True)
-        unsaved = unsaved_cells_notice(record)
-        if unsaved is not None:
-            log.warning("session %s: %s", sid, unsaved)
-            session.add_notice(unsaved)
-        if session.persistence is None and max(record.ran, record.execution_count) > 0:
-            session.add_notice(STATE_LOST_NOTICE)
-        if session.persistence is not None:
-            try:
-                report = await self.checkpointer.restore(sid, session.kernel, session.persistence.state)
-            except VerificationError as exc:
-                await self.drop(session, release=True)
-                raise CheckpointRejected(f"{exc}; refusing to load it") from exc
-            except StoreUnavailable as exc:
-                await self.drop(session, release=False)
-                raise StoreDown(f"state store unreachable: {exc}") from exc
-            except Exception:
-                await self.drop(session, release=True)
-                raise
-            if report is not None:
-                session.set_restored(report)
-                log.info(
-                    "session %s restored at execution count %d (%d restored, %d lost) in %.3f s",
-                    sid, report.execution_count, len(report.restored), len(report.lost), report.seconds,
-                )  # fmt: skip
-        return session
-
-    @staticmethod
-    async def _store(op: Awaitable[T]) -> T:
-        try:
-            return await op
-        except StoreUnavailable as exc:
-            raise StoreDown(f"the state store is unreachable: {exc}") from exc
-
     def get(self, session_id: str) -> Session:
         """A session live on this replica (no store lookup)."""
         session = self.sessions.get(session_id)
@@ -442,14 +270,10 @@ class SessionManager:
         return session
 
     async def record(self, session_id: str, tenant: str | None = None) -> SessionRecord:
-        known_id(session_id)
-        record = await self._store(self.store.get(session_id))
-        if record is None or (tenant is not None and record.tenant != tenant):
-            raise SessionNotFound(session_id)
-        return record
+        return await find(self.store, session_id, tenant)
 
     async def records(self, tenant: str = "", limit: int = LIST_LIMIT, after: str | None = None) -> list[SessionRecord]:
-        return await self._store(self.store.list_sessions(tenant, limit, after))
+        return await stored(self.store.list_sessions(tenant, limit, after))
 
     # -- using sessions ----------------------------------------------------------------------------------
 
@@ -486,14 +310,14 @@ class SessionManager:
             if owner != tenant:
                 raise SessionNotFound(session_id)
         session = self.sessions.pop(session_id, None)
-        record = await self._store(self.store.get(session_id)) if session is None else None
+        record = await stored(self.store.get(session_id)) if session is None else None
         if session is None and record is None:
             raise SessionNotFound(session_id)
         # The state goes first, and the kernel is killed, not asked to exit: its state is being thrown away, and
         # ipykernel sometimes takes jupyter_client's whole shutdown wait (2.5-5 s) to answer a shutdown request,
         # which a replica forwarding this DELETE would take for a lapsed lease (the lease is no longer renewed
         # once the session left ``self.sessions``).
-        await self._store(self.store.delete(session_id))
+        await stored(self.store.delete(session_id))
         if session is not None:
             await session.close(graceful=False)
         log.info("session %s deleted", session_id)
@@ -512,49 +336,11 @@ class SessionManager:
     async def _lease_lost(self, session: Session) -> None:
         await self.drop(session, release=False, reason="session moved to another replica; reconnect")
 
-    async def _lease_lapsed(self, session: Session) -> None:
-        """The lease may have lapsed unrenewed: another replica may take the session any moment, so this one
-        stops at once; its kernel (and whatever ran uncommitted) goes, the committed state stays stored."""
-        unsaved = session.execution_count - (session.persistence.state.committed_count if session.persistence else 0)
-        log.warning(
-            "session %s: lease may have lapsed (the store did not confirm it in time); dropped here%s",
-            session.id, f", {unsaved} cells not saved" if session.persistence is not None and unsaved > 0 else "",
-        )  # fmt: skip
-        await self.drop(session, release=False, reason="lease lapsed: the state store is unreachable; reconnect")
-
-    async def evict(self, session: Session) -> bool:
-        """Free an idle session's kernel; its committed checkpoint is restored on next use."""
-        if session.persistence is None or session.busy or session.connections:
-            return False
-        if not await session.persistence.flush():
-            return False
-        await self.drop(session, release=True)
-        log.info("session %s evicted to the store", session.id)
-        return True
-
-    # -- housekeeping ------------------------------------------------------------------------------------
+    # -- the end ------------------------------------------------------------------------------------------
 
     async def wait_idle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for running cells (and their checkpoints) to finish (SIGTERM drain)."""
-
-        async def drained() -> None:
-            await asyncio.gather(*(s.wait_idle() for s in list(self.sessions.values())))
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(drained(), grace)
-
-    async def _save(self, session: Session) -> bool:
-        """Commit what is pending of one session; False (and why, logged) if it could not be."""
-        if session.persistence is None:
-            return True
-        try:
-            if await session.persistence.flush():
-                return True
-            reason = "its lease was lost" if session.persistence.lost else "the store is unreachable"
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        log.error("shutdown: session %s could not be saved: %s", session.id, reason)
-        return False
+        await wait_idle(self.sessions.values(), grace)
 
     async def close(self) -> None:
         """Stop: commit what is pending, release every lease, shut every kernel down. State stays stored."""
@@ -563,14 +349,7 @@ class SessionManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         sessions = list(self.sessions.values())
-        saved = await asyncio.gather(*(self._save(s) for s in sessions))
-        unsaved = [s.id for s, ok in zip(sessions, saved, strict=True) if not ok]
-        if unsaved:
-            log.error(
-                "shutdown: %d sessions could not be saved; their last cells are lost: %s",
-                len(unsaved), ", ".join(sorted(unsaved)),
-            )  # fmt: skip
+        await save_all(sessions)
         await asyncio.gather(*(self.drop(s, release=True) for s in sessions), return_exceptions=True)
-        await self.pool.close()
-        self.kernels.close()
+        await self.supply.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)

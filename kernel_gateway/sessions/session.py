@@ -1,4 +1,6 @@
-"""A session: one notebook's kernel, the frontends attached to it, and the routing between them."""
+"""A session: one notebook's kernel, its cells one at a time with a checkpoint after each, and its kernel
+replaced (restart, death) without its frontends noticing more than a restart. Who gets each of the kernel's
+messages is ``frontends.Frontends``."""
 
 from __future__ import annotations
 
@@ -23,9 +25,8 @@ from ..types import Channel, JSONDict, KernelMessage, Subscriber
 from .acks import AckGate
 from .cells import CellQueue
 from .errors import LeaseUncertain
-from .execution import CellRun
+from .frontends import Frontends
 from .lease import HeldLease
-from .replay import ReplayBuffer
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ KernelSource = Callable[[], Awaitable[Kernel]]
 
 NO_REPLY = frozenset({"comm_open", "comm_msg", "comm_close"})
 """Shell requests the kernel never replies to: routing them would only grow the route table."""
-MAX_ROUTES = 10_000
-"""Requests awaiting a reply, per session; past it the oldest (a frontend that never waits) are forgotten."""
 
 STATE_LOST_NOTICE = "the session's variables were lost (no checkpoint to restore)"
 KERNEL_DIED_NOTICE = "the kernel process exited; the session continues on a fresh kernel"
@@ -50,11 +49,8 @@ class SessionState(enum.Enum):
 
 
 class Session:
-    """Routes a kernel's messages to whoever asked, runs cells one at a time, checkpoints after each.
-
-    Replies on shell, control and stdin go to the frontend whose request they answer (by the parent's
-    ``msg_id``); iopub goes to every attached WebSocket and to the REST run whose cell it belongs to.
-    """
+    """One notebook's kernel: runs cells one at a time, checkpoints after each, hands every message to its
+    frontends (``frontends``), and replaces the kernel when asked or when it dies."""
 
     def __init__(
         self,
@@ -80,18 +76,14 @@ class Session:
         self.kernel_restarts = 0
         self.restored: RestoreReport | None = None
         self.lock = asyncio.Lock()
-        self.connections: set[Subscriber] = set()
-        # What arrives while no frontend is attached, for the next one of the same client session.
-        self.replay: ReplayBuffer | None = None
-        self._replay_bytes = replay_bytes
-        self._routes: dict[str, Subscriber] = {}
+        self.frontends = Frontends(replay_bytes)
         self._acquire = acquire
         self._kernel_ready = asyncio.Event()
         self._kernel_ready.set()
         self._pending_notices: list[str] = []
         self._unreported_restore: RestoreReport | None = None
         self._replacing: asyncio.Task[None] | None = None
-        self.acks = AckGate(self._dispatch)
+        self.acks = AckGate(self.frontends.dispatch)
         self.cells = CellQueue(
             self._send_cell, self._reply, self._after_cell if persistence else None, may_run=self.refusal
         )
@@ -113,7 +105,7 @@ class Session:
                     self.execution_count = count
         if self.acks.hold(msg):
             return
-        self._dispatch(msg)
+        self.frontends.dispatch(msg)
 
     def _take_checkpoint(self, msg: KernelMessage) -> None:
         """A cell's small checkpoint rides in its execute_reply (``capture.outbox``): out of the reply before
@@ -126,23 +118,6 @@ class Session:
         if self.persistence is not None:
             self.persistence.offer(found)
 
-    def _dispatch(self, msg: KernelMessage) -> None:
-        if msg.channel is Channel.IOPUB:
-            route = self._routes.get(msg.parent_id)
-            if route is not None and route not in self.connections and route is not self.replay:
-                route.deliver(msg)
-            for conn in list(self.connections):
-                conn.deliver(msg)
-            if self.replay is not None:
-                self.replay.deliver(msg)
-            return
-        route = self._routes.get(msg.parent_id)
-        if route is None:
-            return
-        if msg.channel is not Channel.STDIN and msg.msg_type.endswith("_reply") and not isinstance(route, CellRun):
-            del self._routes[msg.parent_id]
-        route.deliver(msg)
-
     def on_kernel_died(self, kernel_id: str) -> None:
         if kernel_id != self.kernel.id or self.state is SessionState.CLOSED:
             return
@@ -153,34 +128,18 @@ class Session:
 
     # -- frontends ---------------------------------------------------------------------------------------
 
+    @property
+    def connections(self) -> set[Subscriber]:
+        """The attached WebSockets."""
+        return self.frontends.connections
+
     def attach(self, conn: Subscriber, client_session: str | None = None) -> None:
-        """A frontend connects. One that resumes the client session of the last one to leave first gets what
-        the kernel said meanwhile (in order, before anything newer), and the replies still owed to it."""
-        buffered, self.replay = self.replay, None
-        if buffered is not None:
-            resumes = client_session is not None and client_session == buffered.client_session
-            for msg_id in [k for k, v in self._routes.items() if v is buffered]:
-                if resumes:
-                    self._routes[msg_id] = conn
-                else:
-                    del self._routes[msg_id]
-            if resumes:
-                for msg in buffered.drain():
-                    conn.deliver(msg)
-        self.connections.add(conn)
+        """A frontend connects (``Frontends.attach``: a reconnect of the same client session resumes)."""
+        self.frontends.attach(conn, client_session)
 
     def detach(self, conn: Subscriber, client_session: str | None = None) -> None:
-        """A frontend leaves. If it was the last one and named its client session, start keeping what the
-        kernel says, and the replies owed to it, for its reconnect."""
-        self.connections.discard(conn)
-        keep = client_session is not None and not self.connections and self.state is not SessionState.CLOSED
-        if keep and self.replay is None:
-            self.replay = ReplayBuffer(client_session or "", self._replay_bytes, max_messages=100_000)
-        for msg_id in [k for k, v in self._routes.items() if v is conn]:
-            if keep and self.replay is not None:
-                self._routes[msg_id] = self.replay
-            else:
-                del self._routes[msg_id]
+        """A frontend leaves; what it is owed is kept for its reconnect while the session goes on."""
+        self.frontends.detach(conn, client_session, keep=self.state is not SessionState.CLOSED)
 
     async def submit(self, conn: Subscriber, msg: KernelMessage) -> None:
         """Send a frontend's message to the kernel, remembering who should get the reply."""
@@ -192,9 +151,7 @@ class Session:
             _close(conn, CLOSE_TRY_AGAIN, str(refused))
             return
         if msg.channel is not Channel.STDIN and msg.msg_id and msg.msg_type not in NO_REPLY:
-            self._routes[msg.msg_id] = conn
-            if len(self._routes) > MAX_ROUTES:
-                self._prune_routes()
+            self.frontends.expect_reply(msg.msg_id, conn)
         if msg.channel is Channel.SHELL and msg.msg_type == "execute_request":
             done = self.cells.submit(conn, msg)
             if self.persistence is not None:
@@ -235,17 +192,14 @@ class Session:
 
     def _reply(self, route: Subscriber, msg: KernelMessage) -> None:
         """Answer a held cell without running it (aborted), with the busy/idle pair ipykernel would send."""
-        self._routes.pop(msg.parent_id, None)
+        self.frontends.routes.pop(msg.parent_id, None)
         for state in ("busy", None, "idle"):
             if state is None:
                 route.deliver(msg)
                 continue
             status = self.status_message(state)
             status.parent_header = msg.parent_header
-            if route not in self.connections:
-                route.deliver(status)
-            for conn in list(self.connections):
-                conn.deliver(status)
+            self.frontends.iopub_for(route, status)
 
     async def _after_cell(self) -> CheckpointOutcome | None:
         if self.persistence is None:
@@ -261,19 +215,13 @@ class Session:
                 asyncio.get_running_loop().create_task(self.on_lease_lost(self))
             raise
 
-    def _prune_routes(self) -> None:
-        # Oldest first (dicts keep insertion order); a REST cell's route stays until its cell is over.
-        excess = len(self._routes) - MAX_ROUTES * 3 // 4
-        for msg_id in [k for k, v in self._routes.items() if not isinstance(v, CellRun)][:excess]:
-            del self._routes[msg_id]
-
     # -- for REST cells (kernel_gateway.sessions.rest_cell) ---------------------------------------------
 
     def route(self, msg_id: str, subscriber: Subscriber) -> None:
-        self._routes[msg_id] = subscriber
+        self.frontends.routes[msg_id] = subscriber
 
     def unroute(self, msg_id: str) -> None:
-        self._routes.pop(msg_id, None)
+        self.frontends.routes.pop(msg_id, None)
 
     async def kernel_ready(self) -> None:
         await self._kernel_ready.wait()
@@ -323,11 +271,7 @@ class Session:
         if notice is not None:
             # Recorded before waking the aborted cell, which then reports the notice itself.
             self._pending_notices.append(notice)
-        for msg_id, route in list(self._routes.items()):
-            if isinstance(route, CellRun):
-                route.abort()
-            else:
-                del self._routes[msg_id]
+        self.frontends.kernel_replaced()
         self.cells.reset()
         if notice is not None:
             # Only for a kernel that died or hung: JupyterLab takes an iopub "restarting" for the server's
@@ -380,11 +324,7 @@ class Session:
 
     def broadcast_status(self, state: str, extra: JSONDict | None = None) -> None:
         self.execution_state = state
-        msg = self.status_message(state, extra)
-        for conn in list(self.connections):
-            conn.deliver(msg)
-        if self.replay is not None:
-            self.replay.deliver(msg)
+        self.frontends.broadcast(self.status_message(state, extra))
 
     def status_message(self, state: str, extra: JSONDict | None = None) -> KernelMessage:
         return self.kernel.new_message(Channel.IOPUB, "status", {"execution_state": state, **(extra or {})})
@@ -402,11 +342,7 @@ class Session:
             self._replacing.cancel()
         kernel = self.kernel
         kernel.listener = None
-        for route in self._routes.values():
-            if isinstance(route, CellRun):
-                route.abort()
-        self._routes.clear()
-        self.replay = None
+        self.frontends.close()
         self.cells.reset()
         if dead:
             self.broadcast_status("dead")

@@ -18,8 +18,9 @@ from kernel_gateway.kernels.launch import kernel_environment
 from kernel_gateway.kernels.sandbox import SandboxOptions, make_bwrap_argv, make_setpriv_argv
 from kernel_gateway.routes.channels import ChannelConnection
 from kernel_gateway.routes.execute import DROPPED_NOTICE, EventQueue
+from kernel_gateway.sessions.frontends import MAX_ROUTES
 from kernel_gateway.sessions.outputs import OutputCollector
-from kernel_gateway.sessions.session import MAX_ROUTES, Session
+from kernel_gateway.sessions.session import Session
 from kernel_gateway.tenants import Tenants, TenantsFileError, derive_token, make_tenants_file, parse_tenants
 from kernel_gateway.trust import PeerAddresses
 from kernel_gateway.types import Channel, KernelMessage
@@ -167,8 +168,8 @@ async def test_route_table_forgets_what_never_gets_a_reply() -> None:
         msg = KernelMessage(Channel.SHELL, {"msg_id": f"m{i}", "msg_type": kind}, {}, {}, {})
         await session.submit(frontend, msg)  # type: ignore[arg-type]
     assert kernel.sent == 3 * MAX_ROUTES
-    assert len(session._routes) <= MAX_ROUTES
-    assert all(not k.endswith(("1", "3", "5", "7", "9")) for k in session._routes)  # comm_msg never routed
+    assert len(session.frontends.routes) <= MAX_ROUTES
+    assert all(not k.endswith(("1", "3", "5", "7", "9")) for k in session.frontends.routes)  # comm_msg never routed
 
 
 # -- tenants, owners, browsers ---------------------------------------------------------------------------
