@@ -85,7 +85,10 @@ class Kernel:
             launch: dict[str, Any] = {"env": dict(env)}
             if cwd is not None:
                 launch["cwd"] = str(cwd)
-            await asyncio.wait_for(self.km.start_kernel(**launch), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancel that arrives as the wrapped
+            # step finishes, and a start its caller cancelled (the pool's close) must stop.
+            async with asyncio.timeout(timeout):
+                await self.km.start_kernel(**launch)
             self._sign = signer(self._session.key, self._session.digest_mod)
             identity = self._session.bsession
             sockets: dict[Channel, zmq.Socket[Any]] = {
@@ -96,7 +99,8 @@ class Kernel:
             }
             self._wire = Wire(sockets, self._receive)
             self._tasks = [asyncio.get_running_loop().create_task(self._watch_liveness())]
-            await asyncio.wait_for(self._wait_ready(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wait_ready()
         except BaseException as exc:
             await self.shutdown(now=True)
             if isinstance(exc, (asyncio.TimeoutError, OSError, RuntimeError)):
@@ -189,7 +193,8 @@ class Kernel:
         self._internal.add(msg.msg_id)
         try:
             self.send(msg)
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # a cancel is never lost to a reply in the same turn (see start)
+                return await fut
         finally:
             self._calls.pop(msg.msg_id, None)
 

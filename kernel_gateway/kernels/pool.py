@@ -31,20 +31,23 @@ class KernelPool:
         self._ready: deque[Kernel] = deque()
         self._wakeup = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def ready_count(self) -> int:
         return len(self._ready)
 
     def start(self) -> None:
-        if self._filler is None and self.size > 0:
+        if self._filler is None and self.size > 0 and not self._closed:
             self._filler = asyncio.get_running_loop().create_task(self._fill())
 
     async def _fill(self) -> None:
         # One kernel at a time: on a small machine, booting several at once slows each of them and the
         # cells already running.
-        while True:
-            while len(self._ready) < self.size:
+        # The filler stops on close() even when the cancel is lost: Python 3.11's asyncio.wait_for returns the
+        # result of a start that finished in the same turn as the cancel, and close() would await it for ever.
+        while not self._closed:
+            while len(self._ready) < self.size and not self._closed:
                 try:
                     kernel = await self._start(self.kernel_name, None)
                 except asyncio.CancelledError:
@@ -53,6 +56,9 @@ class KernelPool:
                     log.error("pool: kernel %r failed to start: %s", self.kernel_name, exc)
                     await asyncio.sleep(_RETRY_DELAY)
                     continue
+                if self._closed:
+                    await kernel.shutdown(now=True)
+                    return
                 self._ready.append(kernel)
             self._wakeup.clear()
             await self._wakeup.wait()
@@ -81,6 +87,8 @@ class KernelPool:
         return None
 
     async def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
         if self._filler is not None:
             self._filler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,117 @@
+"""Cancels that meet a kernel start or call just as it finishes: the shutdown path of a draining replica.
+
+Each start or reply is gated by a future the test resolves, so the race is ordered by the event loop's queue,
+not by time: the cancel lands in the same turn of the loop in which the awaited step finishes. Python 3.11's
+``asyncio.wait_for`` then returns the result and loses the cancel. The warm pool's close() relied on its one
+cancel and waited for the filler for ever (a replica that did not exit after SIGTERM, seen once in CI), and a
+kernel start or call cancelled that way went on as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from jupyter_client.session import Session
+
+from kernel_gateway.kernels.kernel import Kernel, KernelState
+from kernel_gateway.kernels.pool import KernelPool
+from kernel_gateway.types import Channel, KernelMessage
+
+GUARD = 30.0  # seconds: a close that has not returned by then never will (the hang this file is about)
+
+
+class _Kernel:
+    state = KernelState.READY
+
+    def __init__(self) -> None:
+        self.shut_down = False
+
+    async def shutdown(self, now: bool = False) -> None:
+        self.shut_down = True
+
+
+class _GatedStarter:
+    """Each start waits, as a kernel start waits for its kernel, until the test hands it one."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Future[_Kernel] = asyncio.get_running_loop().create_future()
+        self.starts = 0
+
+    async def __call__(self, name: str, env: Mapping[str, str] | None) -> Any:
+        self.starts += 1
+        self.entered.set()
+        return await asyncio.wait_for(self.gate, 3600)
+
+
+async def _closed_within_guard(closing: asyncio.Task[None]) -> bool:
+    await asyncio.wait({closing}, timeout=GUARD)
+    return closing.done()
+
+
+async def test_close_as_a_start_finishes_stops_the_filler_and_shuts_that_kernel_down() -> None:
+    starter = _GatedStarter()
+    pool = KernelPool(starter, "python3", 2)
+    pool.start()
+    await asyncio.wait_for(starter.entered.wait(), GUARD)
+    closing = asyncio.get_running_loop().create_task(pool.close())  # its first step runs before...
+    kernel = _Kernel()
+    starter.gate.set_result(kernel)  # ...the start's result reaches the filler: the cancel meets a finished start
+    assert await _closed_within_guard(closing)
+    assert kernel.shut_down
+    assert pool.ready_count == 0
+    assert starter.starts == 1  # no second kernel started after close
+
+
+async def test_close_while_a_start_waits_cancels_it_and_a_later_start_does_nothing() -> None:
+    starter = _GatedStarter()
+    pool = KernelPool(starter, "python3", 1)
+    pool.start()
+    await asyncio.wait_for(starter.entered.wait(), GUARD)
+    closing = asyncio.get_running_loop().create_task(pool.close())
+    assert await _closed_within_guard(closing)
+    assert starter.gate.cancelled()  # the start in flight was cancelled with the filler
+    pool.start()
+    assert pool.ready_count == 0 and starter.starts == 1
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+
+    def send(self, channel: Channel, parts: list[Any]) -> None:
+        self.sent.set()
+
+    def close(self) -> None:
+        pass
+
+
+class _Manager:
+    """As much of jupyter_client's kernel manager as a kernel that never launched uses."""
+
+    has_kernel = False
+
+    def __init__(self) -> None:
+        self.session = Session()
+
+    async def cleanup_resources(self) -> None:
+        pass
+
+
+async def test_a_call_cancelled_as_its_reply_arrives_is_cancelled() -> None:
+    kernel = Kernel(_Manager(), "python3")  # type: ignore[arg-type]
+    wire = _Wire()
+    kernel._wire = wire  # type: ignore[assignment]
+    kernel.state = KernelState.READY
+    call = asyncio.get_running_loop().create_task(kernel.call(Channel.SHELL, "kernel_info_request", {}, 3600))
+    await asyncio.wait_for(wire.sent.wait(), GUARD)
+    (msg_id,) = kernel._calls
+    reply = KernelMessage(Channel.SHELL, {"msg_type": "kernel_info_reply"}, {"msg_id": msg_id}, {}, {})
+    kernel._calls[msg_id].set_result(reply)
+    call.cancel()  # in the same turn as the reply: the caller (a pool closing, a session going) wants out
+    (outcome,) = await asyncio.gather(call, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert kernel._calls == {}
+    await kernel.shutdown(now=True)
