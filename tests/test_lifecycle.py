@@ -107,3 +107,40 @@ async def test_idle_websocket_is_closed(tmp_path: Path) -> None:
             assert (info.value.rcvd.code, info.value.rcvd.reason) == (1001, "idle")
         # The session outlives its WebSocket: a reconnecting client finds it.
         assert httpx.get(f"{service.url}/api/kernels/{kid}").status_code == 200
+
+
+def test_a_kernel_start_cancelled_after_its_launch_leaves_no_kernel_behind(tmp_path: Path) -> None:
+    # An exec'd kernel is launched, then sent the capture module: a start cancelled there (the pool's close on
+    # SIGTERM) shuts the launched kernel down instead of leaving it running with its sockets open.
+    from kernel_gateway.kernels.kernel import Kernel, KernelState
+    from kernel_gateway.replica import open_replica
+    from kernel_gateway.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, pool_size=0, kernel_launch="exec", preload_modules=[])
+
+    async def scenario() -> tuple[KernelState, int | None]:
+        manager = open_replica(settings, lambda: "http://127.0.0.1:1").manager
+        factory = manager.kernels
+        held: list[Kernel] = []
+        installing = asyncio.Event()
+
+        async def install(kernel: Kernel, timeout: float) -> None:
+            held.append(kernel)
+            installing.set()
+            await asyncio.Event().wait()  # held until the start is cancelled
+
+        factory.checkpointer.install = install  # type: ignore[method-assign,assignment]
+        try:
+            start = asyncio.get_running_loop().create_task(factory.start(settings.kernel_name, None))
+            await asyncio.wait_for(installing.wait(), 120)
+            (kernel,) = held
+            process = kernel.km.provisioner.process  # type: ignore[union-attr]
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return kernel.state, process.poll() if process is not None else None
+        finally:
+            await manager.close()
+
+    state, exit_status = asyncio.run(scenario())
+    assert state is KernelState.SHUT_DOWN
+    assert exit_status is not None  # the process was stopped and reaped, not left running

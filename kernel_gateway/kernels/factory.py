@@ -193,7 +193,9 @@ class KernelFactory:
                 await self.checkpointer.install(kernel, settings.kernel_startup_timeout)
             if preload and not kernel.forked:  # a forked kernel has them from the zygote
                 await self.preload(kernel)
-        except Exception:
+        except BaseException:
+            # Cancelled too (the pool closing, a request gone): nobody else holds this kernel, and a live one
+            # would outlive the replica's shutdown.
             await kernel.shutdown(now=True)
             raise
         return kernel

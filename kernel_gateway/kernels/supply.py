@@ -82,15 +82,19 @@ class KernelSupply:
             deadline = loop.time() + FIRST_KERNEL_HOLD
             while self._first is first and self.pool.ready_count == 0 and loop.time() < deadline:
                 self._pool_grew.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose close()'s cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pool_grew.wait(), deadline - loop.time())
+                    async with asyncio.timeout(deadline - loop.time()):
+                        await self._pool_grew.wait()
         finally:
             if self._first is first:  # no session took it
                 self._first = None
                 if first.done() and not first.cancelled() and first.exception() is None:
                     await first.result().shutdown(now=True)
                 else:
+                    # Waited for: a cancelled start shuts its kernel down, before the factory closes under it.
                     first.cancel()
+                    await asyncio.gather(first, return_exceptions=True)
 
     async def _first_kernel(self, name: str) -> Kernel | None:
         """The replica's first kernel, for the one session that asks first; None when taken or failed."""
