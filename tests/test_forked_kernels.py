@@ -20,9 +20,10 @@ import psutil
 import pytest
 
 from kernel_gateway.kernels.factory import fork_kernels
+from kernel_gateway.kernels.forkapp import connection_file
 from kernel_gateway.kernels.kernel import Kernel
 from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, make_bwrap_argv
-from kernel_gateway.kernels.zygote import connection_file, next_wait
+from kernel_gateway.kernels.zygote import next_wait
 from kernel_gateway.replica import open_replica
 from kernel_gateway.settings import Settings
 from kernel_gateway.types import Channel
@@ -90,7 +91,7 @@ def test_a_forked_kernel_has_the_preloaded_modules_and_a_seed_of_its_own(forked:
 
 
 def test_a_forked_kernel_goes_on_from_the_app_the_zygote_prebuilt(forked: Service) -> None:
-    # The zygote parsed the kernels' command line and made the profile (zygote.prebuild_app); each kernel has
+    # The zygote parsed the kernels' command line and made the profile (forkapp.prebuild_app); each kernel has
     # its own connection file, the command line's settings, and its profile directories in its own /tmp.
     probe = """
 import os, sys
@@ -101,6 +102,22 @@ ip = get_ipython()
 """
     assert value(run(forked, probe)) == (True, False, True, True)
     assert any("IPKernelApp prebuilt: True" in line for line in forked.log)
+
+
+def test_a_forked_kernel_adopts_the_shell_the_zygote_built(forked: Service) -> None:
+    # The zygote built the IPython shell (forkapp.prebuild_shell); each kernel's is that one made its own: its
+    # kernel and parent, the shell's variables in this kernel's environment, _dh where this kernel started.
+    probe = """
+import os
+from ipykernel.kernelapp import IPKernelApp
+ip, kernel = get_ipython(), IPKernelApp.instance().kernel
+(ip is kernel.shell, ip.kernel is kernel, ip.parent is kernel, os.environ.get("PAGER"), os.environ.get("TERM"),
+ _dh == [os.getcwd()], ip.display_pub.pub_socket is kernel.iopub_socket)
+"""
+    first, second = run(forked, probe), run(forked, probe)
+    assert value(first) == value(second) == (True, True, True, "cat", "xterm-color", True, True)
+    assert any("IPython shell prebuilt: True" in line for line in forked.log)
+    assert value(run(forked, "get_ipython().kernel.do_complete('pri', 3)['matches'][:1]")) == ["print"]
 
 
 def test_a_kernel_goes_on_from_the_prebuilt_app_only_for_the_argv_it_was_built_for() -> None:

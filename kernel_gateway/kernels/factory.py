@@ -102,8 +102,9 @@ class KernelFactory:
             log.error("kernel zygote did not start, kernels are exec'd: %r", exc)
             return None
         self._zygote_uid = uid
-        log.info("kernel zygote: pid %s, ready in %.2fs, IPKernelApp prebuilt: %s, preloaded %s",
-                 zygote.ready.get("pid"), zygote.ready.get("seconds", 0), bool(zygote.ready.get("prebuilt")),
+        log.info("kernel zygote: pid %s, ready in %.2fs, IPKernelApp prebuilt: %s, IPython shell prebuilt: %s, "
+                 "preloaded %s", zygote.ready.get("pid"), zygote.ready.get("seconds", 0),
+                 bool(zygote.ready.get("prebuilt")), bool(zygote.ready.get("shell")),
                  ", ".join(zygote.ready.get("loaded", [])))  # fmt: skip
         return zygote
 

@@ -10,7 +10,8 @@ zygote's sandbox. It reads fork requests as JSON lines on stdin and answers on s
   ``{"id": n, "error": why}``; with ``capture``, the kernel installs the capture module itself before it serves;
 - when a kernel exits: ``{"exit": p, "status": s}`` (``s`` as ``Popen.returncode``: negative for a signal).
 
-Fork safety: the zygote starts no thread and initialises nothing (no zmq context, no IPython shell); gc is
+Fork safety: the zygote starts no thread and opens no socket (no zmq context; the IPython shell it builds for
+the kernels, ``forkapp.prebuild_shell``, only with IPython's history off, which would start a thread); gc is
 frozen before the first fork so that collections do not write to the shared pages. numpy's OpenBLAS starts a
 worker thread at import, but its pthread_atfork handler stops it before every fork (a kernel starts its own
 on its first BLAS call), so the zygote is single-threaded whenever it forks. It reaps its children.
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import isolate
+from .forkapp import become_kernel, prebuild_app, prebuild_shell
 
 _HANDSHAKE_TIMEOUT = 10.0
 PRELOADED = (
@@ -140,7 +142,7 @@ class Zygote:
 
     # -- the child's side --------------------------------------------------------------------------------
 
-    def _child(self, request: dict[str, Any], to_zygote: int, from_zygote: int) -> None:
+    def _child(self, request: dict[str, Any], to_zygote: int, from_zygote: int) -> NoReturn:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -174,7 +176,7 @@ class Zygote:
                 os.close(from_zygote)
         except BaseException as exc:
             _fail(to_zygote, exc)
-        _become_kernel(request, self.isolate, self.prebuilt)
+        become_kernel(request, self.isolate, self.prebuilt)
 
 
 def _seal(alive: int, sealed: int, network: bool) -> None:
@@ -253,95 +255,6 @@ def _mirror(kernel: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _become_kernel(request: dict[str, Any], isolated: bool, prebuilt: list[str] | None) -> None:
-    code = 1
-    try:
-        env = {k: v for k, v in request["env"].items() if k != "JPY_PARENT_PID"}
-        if isolated:  # as bubblewrap sets it for an exec'd kernel: its private /tmp
-            env["HOME"] = "/tmp"
-        os.environ.clear()
-        os.environ.update(env)
-        cwd = request.get("cwd") or ("/tmp" if isolated else None)
-        if cwd:
-            os.chdir(cwd)
-        numpy_random = sys.modules.get("numpy.random")
-        if numpy_random is not None:
-            numpy_random.seed()  # the zygote's seed is every kernel's otherwise
-        sys.argv = ["ipykernel_launcher", *request["argv"]]
-        app = _kernel_app(request["argv"], prebuilt)
-        capture = request.get("capture")
-        if capture is not None:
-            # The capture module, installed before the kernel serves anything: the service's install request
-            # (an execute and its round trip) is not needed, and the first cell is tracked as it would be.
-            from notebook_state.capture import install
-
-            install(auto_dir=capture["auto_dir"], reply=bool(capture.get("reply")))
-        app.start()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        import atexit
-
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def prebuild_app(argv: list[str]) -> bool:
-    """IPKernelApp as far as it goes without a kernel's connection file: its command line ``argv`` (all but
-    ``-f``), crash handler, profile and config files (``BaseIPythonApplication.initialize``: ~10 of the ~35 ms
-    of CPU each forked kernel spent initialising). Each kernel sets its connection file and does the rest (its
-    sockets, shell, kernel) after the fork. Nothing here starts a thread or opens a socket."""
-    from ipykernel.kernelapp import IPKernelApp
-    from IPython.core.application import BaseIPythonApplication
-
-    try:
-        BaseIPythonApplication.initialize(IPKernelApp.instance(), argv)  # type: ignore[no-untyped-call]
-    except (Exception, SystemExit):  # a bad config file: each kernel fails (or not) on its own, as exec'd
-        IPKernelApp.clear_instance()
-        return False
-    return True
-
-
-def connection_file(argv: list[str], prebuilt: list[str] | None) -> str | None:
-    """The kernel's connection file when its ``argv`` is the prebuilt one plus ``-f FILE``, else None."""
-    if prebuilt is None or "-f" not in argv[:-1]:
-        return None
-    at = argv.index("-f")
-    return argv[at + 1] if [*argv[:at], *argv[at + 2 :]] == prebuilt else None
-
-
-def _kernel_app(argv: list[str], prebuilt: list[str] | None) -> Any:
-    """The kernel's IPKernelApp, initialised: from where the zygote left it when ``argv`` is what it parsed."""
-    from ipykernel.kernelapp import IPKernelApp
-    from IPython.core.application import BaseIPythonApplication
-
-    path = connection_file(argv, prebuilt)
-    if path is None:
-        IPKernelApp.clear_instance()
-        app = IPKernelApp.instance()
-        app.initialize()  # type: ignore[no-untyped-call]
-        return app
-    app = IPKernelApp.instance()
-    app.connection_file = path
-    if app.profile_dir is not None:  # made in the zygote's /tmp, not in this kernel's
-        os.makedirs(app.profile_dir.location, exist_ok=True)
-        app.profile_dir.check_dirs()  # type: ignore[no-untyped-call]
-    done = BaseIPythonApplication.initialize
-    BaseIPythonApplication.initialize = lambda self, argv=None: None  # type: ignore[method-assign]
-    try:
-        app.initialize()  # type: ignore[no-untyped-call]  # the rest of it (ipykernel's own part)
-    finally:
-        BaseIPythonApplication.initialize = done  # type: ignore[method-assign]
-    return app
-
-
 def _preload(modules: list[str]) -> list[str]:
     loaded = []
     for name in (*PRELOADED, *modules):
@@ -365,6 +278,7 @@ def main() -> None:
     loaded = _preload(config.get("preload", []))
     kernel_argv = config.get("kernel_argv")
     prebuilt = kernel_argv if kernel_argv is not None and prebuild_app(kernel_argv) else None
+    shell = prebuilt is not None and prebuild_shell()
     threads = len(os.listdir("/proc/self/task"))
     gc.collect()
     gc.freeze()  # the preloaded objects are never collected: a collection in a kernel does not touch their pages
@@ -375,7 +289,8 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     out = sys.stdout
-    ready = {"ready": True, "pid": zygote.pid, "threads": threads, "loaded": loaded, "prebuilt": prebuilt is not None}
+    ready = {"ready": True, "pid": zygote.pid, "threads": threads, "loaded": loaded, "prebuilt": prebuilt is not None,
+             "shell": shell}  # fmt: skip
     ready["seconds"] = round(time.perf_counter() - started, 3)
     out.write(json.dumps(ready) + "\n")
     out.flush()
