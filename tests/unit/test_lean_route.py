@@ -12,21 +12,24 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 
 from kernel_gateway import errors
 from kernel_gateway.auth import Caller, caller_of
+from kernel_gateway.browsers import BrowserGuard
 from kernel_gateway.deps import Authorized, GatewayDep, require_auth
 from kernel_gateway.limits import BodySizeLimit
 from kernel_gateway.metrics import Metrics
 from kernel_gateway.models import ExecuteRequest
-from kernel_gateway.peers import PeerAuth
+from kernel_gateway.peers import REPLICA_HEADER, PeerAuth, ReplicaHeader
 from kernel_gateway.responses import JSONResponse
 from kernel_gateway.routes import execute
-from kernel_gateway.routes.lean import LeanRoute, Shortcut, decode, install_shortcuts, is_json
+from kernel_gateway.routes.lean import Lane, LeanRoute, Shortcut, decode, install_shortcuts, is_json
+from kernel_gateway.sessions.errors import Draining, SessionNotFound
 from kernel_gateway.tenants import DEFAULT_TENANT, Tenants
 
 TOKEN = "lean-route-token"
@@ -34,18 +37,36 @@ LIMIT = 4096
 
 
 @dataclass
+class Manager:
+    replica_id: str
+
+
+@dataclass
 class Holder:
-    """What a lean route, ``require_auth`` and the error handlers read of the gateway."""
+    """What a lean route, ``require_auth``, the error handlers and ``ReplicaHeader`` read of the gateway."""
 
     tenants: Tenants
     peers: PeerAuth
     metrics: Metrics
+    manager: Manager
+
+
+RAISES: dict[str, Exception] = {
+    "raise: not found": SessionNotFound("s-1"),
+    "raise: draining": Draining(),
+    "raise: http": HTTPException(418, "short and stout"),
+    "raise: unexpected": RuntimeError("boom"),
+}
 
 
 async def echo(body: ExecuteRequest, request: Request, gw: GatewayDep) -> Response:
-    # Whether FastAPI's per-request wrapping (request_response) ran: the shortcut goes around it.
+    if body.code in RAISES:
+        raise RAISES[body.code]
+    # Whether FastAPI's per-request wrapping (request_response) ran: the shortcut goes around it; and whether
+    # the app's middleware did: the lane goes around them.
     wrapped = "fastapi_inner_astack" in request.scope
-    headers = {"x-wrapped": str(wrapped).lower()}
+    stacked = "starlette.exception_handlers" in request.scope
+    headers = {"x-wrapped": str(wrapped).lower(), "x-stacked": str(stacked).lower()}
     return JSONResponse({"body": body.model_dump(), "tenant": caller_of(request).tenant}, headers=headers)
 
 
@@ -53,13 +74,17 @@ def make_app(route_class: type[fastapi.routing.APIRoute], shortcut: bool = False
     app = FastAPI()
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_body_size=LIMIT)
+    app.add_middleware(ReplicaHeader)
+    app.add_middleware(BrowserGuard, hosts=["localhost"])
     app.get("/echo")(other_method)
     router = APIRouter(dependencies=[Authorized], route_class=route_class)
     router.post("/echo")(echo)
     app.include_router(router)
     if shortcut:
         install_shortcuts(app, router)
-    app.state.gateway = Holder(Tenants(None, TOKEN, 0, 0), PeerAuth(b"k" * 32, "replica-a"), Metrics())
+    app.state.gateway = Holder(
+        Tenants(None, TOKEN, 0, 0), PeerAuth(b"k" * 32, "replica-a"), Metrics(), Manager("replica-a")
+    )
     return app
 
 
@@ -68,14 +93,14 @@ async def other_method(request: Request) -> Response:
     return JSONResponse({"method": request.method})
 
 
-# The route alone, the route behind its shortcut (as the service has it), and FastAPI's own.
+# The route alone, the route behind its shortcut and lane (as the service has it), and FastAPI's own.
 LEAN, SHORT, STOCK = make_app(LeanRoute), make_app(LeanRoute, shortcut=True), make_app(fastapi.routing.APIRoute)
 AUTH = {"authorization": f"token {TOKEN}"}
 JSON = {"content-type": "application/json"}
 
 
 async def _post(app: FastAPI, content: bytes | AsyncIterator[bytes], headers: dict[str, str]) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500 is an answer to compare
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         return await client.post("/echo", content=content, headers=headers)
 
@@ -88,7 +113,7 @@ def same(*responses: httpx.Response) -> None:
     first, *others = responses
     for other in others:
         assert (first.status_code, first.content) == (other.status_code, other.content)
-        for name in ("content-type", "www-authenticate"):
+        for name in ("content-type", "www-authenticate", "retry-after", REPLICA_HEADER):
             assert first.headers.get(name) == other.headers.get(name)
 
 
@@ -117,6 +142,10 @@ CASES: list[tuple[bytes, dict[str, str]]] = [
     ('{"code": "1"}'.encode("utf-16"), {**AUTH, **JSON}),
     (b'{"code": "\xff"}', {**AUTH, **JSON}),
     (b'{"code": "' + b"#" * LIMIT + b'"}', {**AUTH, **JSON}),
+    *((json.dumps({"code": code}).encode(), {**AUTH, **JSON}) for code in RAISES),
+    (b'{"code": "1+1"}', {**AUTH, **JSON, "host": "rebound.example"}),
+    (b'{"code": "1+1"}', {**AUTH, **JSON, "origin": "https://elsewhere.example"}),
+    (b'{"code": "1+1"}', {**AUTH, **JSON, "origin": "http://localhost:8888"}),
 ]
 
 
@@ -138,6 +167,25 @@ async def test_a_chunked_body_over_the_limit_is_refused_alike(size: int) -> None
     replies = [await _post(app, _chunks(size), headers) for app in (LEAN, SHORT, STOCK)]
     same(*replies)
     assert replies[0].status_code == (413 if size > LIMIT else 200)
+    if size <= LIMIT:  # no declared length to check against the limit: the middleware counts it
+        assert replies[1].headers["x-stacked"] == "true"
+
+
+async def test_errors_in_a_lane_are_answered_by_the_apps_handlers() -> None:
+    for code, status in (("raise: not found", 404), ("raise: draining", 503), ("raise: http", 418),
+                         ("raise: unexpected", 500)):  # fmt: skip
+        short, stock = [
+            await _post(app, json.dumps({"code": code}).encode(), {**AUTH, **JSON}) for app in (SHORT, STOCK)
+        ]
+        same(short, stock)
+        assert short.status_code == status and set(short.json()) >= {"reason", "message"}
+
+
+def test_a_lane_stands_aside_for_middleware_it_does_not_know() -> None:
+    assert isinstance(SHORT.middleware_stack or SHORT.build_middleware_stack(), Lane)
+    app = make_app(LeanRoute, shortcut=True)
+    app.add_middleware(GZipMiddleware)  # any middleware the lane cannot tell the effects of
+    assert not isinstance(app.build_middleware_stack(), Lane)
 
 
 JSONISH = st.recursive(
@@ -180,6 +228,7 @@ async def test_only_the_plain_request_skips_fastapis_handler(app: FastAPI, monke
     }
     assert solved == []
     assert plain.headers["x-wrapped"] == ("false" if app is SHORT else "true")
+    assert plain.headers["x-stacked"] == ("false" if app is SHORT else "true")  # the lane: no middleware
     refused = await _post(app, b'{"code": "x"}', JSON)
     assert refused.status_code == 401 and solved == ["/echo"]
 
