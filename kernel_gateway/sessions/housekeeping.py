@@ -23,12 +23,22 @@ log = logging.getLogger(__name__)
 Drop = Callable[[Session], Awaitable[None]]
 
 
+def stop_asked() -> bool:
+    """This task was cancelled, even if the cancel was swallowed on the way: Python 3.11's ``asyncio.wait_for``
+    (in jupyter_client's kernel kill, among others) returns a step that finished in the cancel's turn instead
+    of raising, and a loop that went on would hold the replica's shutdown, which waits for it, for ever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def supervise(name: str, run: Callable[[], Awaitable[None]], backoff: float = 1.0) -> None:
     """Run a replica's background loop for as long as the replica lives: a loop that fails (or returns) is
     logged and started again, so that one exception never silently stops lease renewal."""
-    while True:
+    while not stop_asked():
         try:
             await run()
+            if stop_asked():
+                return
             log.error("background task %s stopped; restarting it", name)
         except asyncio.CancelledError:
             raise
@@ -56,7 +66,7 @@ class LeaseKeeper:
         next_round = now() + interval
         renewing: asyncio.Task[None] | None = None
         try:
-            while True:
+            while not stop_asked():
                 # Wake for the next round, or earlier when a lease would lapse before it: a running cell must
                 # stop when its lease may have lapsed, not up to a round later, even while a renewal hangs.
                 deadlines = [s.lease.valid_until for s in self._held() if s.lease is not None]
@@ -149,10 +159,12 @@ async def evict(session: Session, release: Drop) -> bool:
 async def evict_idle(sessions: Mapping[str, Session], after: float, release: Drop) -> None:
     """Evict sessions idle for ``after`` seconds: their kernels go, their state stays stored."""
     interval = min(max(after / 4, 0.5), 30.0)
-    while True:
+    while not stop_asked():
         await asyncio.sleep(interval)
         now_wall = time.time()
         for session in list(sessions.values()):
+            if stop_asked():
+                return
             if now_wall - session.last_activity >= after:
                 try:
                     await evict(session, release)
