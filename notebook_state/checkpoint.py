@@ -201,38 +201,44 @@ class Checkpointer:
                 return outcome
             groups: dict[str, JSONDict] = manifest.get("groups", {})
             keys = {gid: f"{gid}:{g['hash']}" for gid, g in groups.items()}
-            macs = await self._sign_all(session_id, {keys[gid]: data for gid, data in blobs.items()})
-            for gid, data in blobs.items():
-                state.unsent[keys[gid]] = data
-                state.macs[keys[gid]] = macs[keys[gid]]
+            new = {keys[gid]: data for gid, data in blobs.items()}
+            written = sum(len(b) for b in new.values())
+            if written > OFF_LOOP_BYTES:  # signing that much on the event loop would hold up every session
+                macs = await asyncio.to_thread(self._sign_all, session_id, new)
+            else:
+                macs = self._sign_all(session_id, new)
+            state.unsent.update(new)
+            state.macs.update(macs)
             referenced = set(keys.values())
             # The kernel may believe a group unchanged that this replica never stored (its blob was lost on
             # restore, say): then capture again, writing every group.
-            if all(k in state.macs for k in referenced):
+            if state.macs.keys() >= referenced:
                 break
-        for key in [k for k in state.unsent if k not in referenced]:
-            # Superseded before it was sent (the store was unreachable): only the latest checkpoint is kept.
-            del state.unsent[key]
-        envelope = _dumps(
-            {"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: state.macs[k] for k in referenced}}
-        )
+        if len(state.unsent) > len(new):
+            for key in [k for k in state.unsent if k not in referenced]:
+                # Superseded before it was sent (the store was unreachable): only the latest checkpoint is kept.
+                del state.unsent[key]
+        macs = state.macs
+        envelope = _dumps({"format": ENVELOPE_FORMAT, "manifest": manifest, "macs": {k: macs[k] for k in referenced}})
         sig = self.signer.sign(session_id, envelope)
         count = manifest.get("execution_count")
-        record.execution_count = int(count) if isinstance(count, int) else record.execution_count
-        record.last_activity = time.time()
-        record.checkpoint_at = time.time()
+        if isinstance(count, int):
+            record.execution_count = count
+        record.last_activity = record.checkpoint_at = time.time()
         record.checkpoint_bytes = sum(int(g.get("size", 0)) for g in groups.values())
-        record.variables = sorted(n for g in groups.values() for n in g.get("names", []))
-        record.variables += sorted(manifest.get("modules", {}))
+        names = sorted(n for g in groups.values() for n in g.get("names", ()))
+        modules = manifest.get("modules")
+        record.variables = names + sorted(modules) if modules else names
         state.pending = (envelope, sig, sorted(referenced), record)
+        errors = manifest.get("errors")
         outcome = CheckpointOutcome(
             CheckpointStatus.PENDING,
             execution_count=record.execution_count,
-            written_bytes=sum(len(b) for b in blobs.values()),
+            written_bytes=written,
             total_bytes=record.checkpoint_bytes,
             variables=record.variables,
             lost=dict(manifest.get("lost", {})),
-            warnings=[str(e).splitlines()[0] for e in manifest.get("errors") or [] if str(e).strip()],
+            warnings=[str(e).splitlines()[0] for e in errors if str(e).strip()] if errors else [],
         )
         await self.flush(session_id, fence, state, may_commit)
         outcome.status = CheckpointStatus.COMMITTED if state.pending is None else CheckpointStatus.PENDING
@@ -243,13 +249,9 @@ class Checkpointer:
             self.observer.checkpointed(outcome.written_bytes, outcome.seconds, committed)
         return outcome
 
-    async def _sign_all(self, session_id: str, blobs: dict[str, bytes]) -> dict[str, str]:
-        def sign() -> dict[str, str]:
-            return {key: self.signer.sign(session_id, data) for key, data in blobs.items()}
-
-        if sum(len(b) for b in blobs.values()) > OFF_LOOP_BYTES:
-            return await asyncio.to_thread(sign)
-        return sign()
+    def _sign_all(self, session_id: str, blobs: dict[str, bytes]) -> dict[str, str]:
+        sign = self.signer.sign
+        return {key: sign(session_id, data) for key, data in blobs.items()}
 
     async def flush(
         self, session_id: str, fence: Fence, state: SessionCheckpoints, may_commit: MayCommit | None = None
@@ -265,12 +267,13 @@ class Checkpointer:
         if may_commit is not None and not may_commit():
             return False
         envelope, sig, referenced, record = state.pending
+        unsent = state.unsent
         ref = set(referenced)
         commit = Commit(
             manifest=envelope,
             manifest_sig=sig,
-            blobs={k: v for k, v in state.unsent.items() if k in ref},
-            keep=[k for k in referenced if k not in state.unsent],
+            blobs={k: v for k, v in unsent.items() if k in ref} if unsent else {},
+            keep=[k for k in referenced if k not in unsent],
             drop=sorted(state.committed_keys - ref),
             record=record,
         )
