@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from notebook_state.store import Commit, Fence, LocalStore, RedisStore, Renewal, SessionRecord, StaleEpoch, StateStore
+from notebook_state.store import (
+    Commit,
+    Fence,
+    LocalStore,
+    RedisStore,
+    Renewal,
+    SessionRecord,
+    StaleEpoch,
+    StateStore,
+    redis_store,
+)
+from notebook_state.store.redis_store import KEEP_SPAN
 from tests.redis_server import RedisServer, redis_server
 
 
@@ -168,11 +179,58 @@ async def test_redis_keys_share_the_hash_tag_expire_and_are_deleted(redis_srv: R
     assert len(keys) >= 5
     for key in keys:
         assert f"{{{s}}}" in key
-        assert 0 < client.pttl(key) <= 120_000
+        blobs = key.endswith(":blobs") or ":blob:" in key  # a little longer: see redis_store.KEEP_SPAN
+        assert 0 < client.pttl(key) <= 120_000 * (1 + KEEP_SPAN if blobs else 1)
     assert len({key_slot(k.encode()) for k in keys}) == 1
     await store.delete(s)
     assert client.keys(f"*{s}*") == []
     await store.close()
+
+
+class Clock:
+    """``time`` as the Redis store sees it, with a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.time = time.time
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_redis_blobs_outlive_their_manifest_with_few_extensions(
+    redis_srv: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(redis_store, "time", clock)
+    ttl = 800.0
+    store = RedisStore(redis_srv.url, session_ttl=ttl)
+    client = redis_srv.client()
+    s = sid("keep")
+    rec = record(s)
+    await store.create(rec)
+    fence = await store.acquire(s, "A", "http://a", ttl=30)
+    assert fence is not None
+    blob = f"skg:{{{s}}}:blob:old:h"
+    try:
+        await store.commit(s, fence, commit_of(rec, {"old:h": b"x"}, [], []), ttl=ttl)
+        assert client.pttl(blob) > ttl * 1000 * (1 + KEEP_SPAN) - 5000  # new: its full time
+        client.pexpire(blob, 500_000)  # as though set a while ago
+        rec.execution_count, rec.variables, rec.env = 7, ["x", "é"], {"KERNEL_A": "b"}
+        clock.now += ttl * KEEP_SPAN / 4  # extended too recently to extend again
+        await store.commit(s, fence, commit_of(rec, {"new:h": b"y"}, ["old:h"], []), ttl=ttl)
+        assert client.pttl(blob) <= 500_000
+        got = await store.get(s)
+        assert got is not None and (got.execution_count, got.variables, got.env) == (7, ["x", "é"], {"KERNEL_A": "b"})
+        assert got.ran == 7
+        clock.now += ttl * KEEP_SPAN / 4 + 1  # now due: half its extra time is gone
+        await store.commit(s, fence, commit_of(rec, {}, ["old:h", "new:h"], []), ttl=ttl)
+        assert client.pttl(blob) > ttl * 1000 * (1 + KEEP_SPAN) - 5000
+        assert client.pttl(blob) > client.pttl(f"skg:{{{s}}}:manifest")
+        await store.delete(s)
+        assert client.keys(f"*{s}*") == []
+    finally:
+        await store.close()
 
 
 async def test_local_store_is_single_process(tmp_path: Path) -> None:

@@ -63,26 +63,28 @@ return 1
 
 # KEYS: epoch, nonce, manifest, meta, blobs (the set of the session's blob keys), then nkeep blob keys to keep
 # alive, ndrop to delete, and the small new blobs. ARGV: epoch, nonce, manifest, sig, ttl ms, nkeep, ndrop,
-# nfields, the meta fields as name/value pairs, the new blobs.
+# the meta fields as one JSON object of strings, blob ttl ms, the new blobs. (One JSON argument, not a pair
+# per field: every argument costs the client CPU to pack, after every cell.)
 COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
-local ttl = ARGV[5]
-local nkeep, ndrop, nfields = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl, blob_ttl = ARGV[5], ARGV[9]
+local nkeep, ndrop = tonumber(ARGV[6]), tonumber(ARGV[7])
 redis.call('HSET', KEYS[3], 'data', ARGV[3], 'sig', ARGV[4])
-for i = 9, 8 + 2 * nfields, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
-for i = 6, 5 + nkeep do redis.call('PEXPIRE', KEYS[i], ttl) end
+for name, value in pairs(cjson.decode(ARGV[8])) do redis.call('HSET', KEYS[4], name, value) end
+for i = 6, 5 + nkeep do redis.call('PEXPIRE', KEYS[i], blob_ttl) end
 for i = 6 + nkeep, 5 + nkeep + ndrop do
   redis.call('DEL', KEYS[i])
   redis.call('SREM', KEYS[5], KEYS[i])
 end
-local arg = 9 + 2 * nfields
+local arg = 10
 for i = 6 + nkeep + ndrop, #KEYS do
   redis.call('DEL', KEYS[i])
   redis.call('RPUSH', KEYS[i], ARGV[arg])
-  redis.call('PEXPIRE', KEYS[i], ttl)
+  redis.call('PEXPIRE', KEYS[i], blob_ttl)
   redis.call('SADD', KEYS[5], KEYS[i])
   arg = arg + 1
 end
-for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+redis.call('PEXPIRE', KEYS[5], blob_ttl)
 return 1
 """

@@ -8,10 +8,12 @@ scripts. A tenant's session index is a sorted set paged by member, never read wh
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,6 +27,13 @@ T = TypeVar("T")
 
 # New blobs up to this size travel inside the commit script: one round trip for a typical cell.
 INLINE_BLOBS = 1024 * 1024
+
+KEEP_SPAN = 0.125
+"""A session's blob keys live this fraction of the session TTL longer than its other keys, so that a blob its
+manifest still references needs its time to live extended only every ``KEEP_SPAN / 2`` of the TTL, not by every
+commit: naming every unchanged blob of the session in each cell's commit cost a growing list of arguments."""
+_REFRESHED = 10_000
+"""Sessions whose blobs' last extensions this replica remembers; past that it forgets them all (and extends)."""
 
 
 def _k(session_id: str, part: str) -> str:
@@ -59,6 +68,10 @@ class RedisStore:
         self._client: RedisClient = connect(url, password, cluster=cluster, timeout=timeout)
         self._redis = self._client.redis
         self._ttl_ms = int(session_ttl * 1000)
+        self._blob_ttl_ms = int(session_ttl * (1 + KEEP_SPAN) * 1000)
+        self._keep_every = session_ttl * KEEP_SPAN / 2
+        # session id -> its blob keys (as commits name them) -> when this replica last set their time to live
+        self._refreshed: dict[str, dict[str, float]] = {}
         self._wait = wait_replicas
         self._wait_ms = max(int(timeout * 500), 10)  # half the socket timeout: WAIT answers before the socket gives up
         self._scripts = {text: self._redis.register_script(text) for text in (ACQUIRE, COMMIT, CREATE, RELEASE)}
@@ -164,6 +177,8 @@ class RedisStore:
         return await self._call(run)
 
     async def delete(self, session_id: str) -> None:
+        self._refreshed.pop(session_id, None)
+
         async def run() -> None:
             meta = await self._redis.hgetall(_k(session_id, "meta"))
             blobs: set[bytes] = await self._redis.smembers(_k(session_id, "blobs"))
@@ -207,7 +222,7 @@ class RedisStore:
         await self._call(lambda: self._scripts[RELEASE](keys=keys, args=[owner, fence.epoch, fence.nonce]))
 
     async def commit(self, session_id: str, fence: Fence, commit: Commit, ttl: float) -> None:
-        ttl_ms = self._ttl_ms
+        ttl_ms, blob_ttl_ms = self._ttl_ms, self._blob_ttl_ms
         inline = sum(len(b) for b in commit.blobs.values()) <= INLINE_BLOBS
         blobset = _k(session_id, "blobs")
 
@@ -223,28 +238,36 @@ class RedisStore:
                     view = memoryview(data)
                     chunks: list[Any] = [view[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
                     pipe.rpush(bkey, *chunks)
-                    pipe.pexpire(bkey, ttl_ms)
+                    pipe.pexpire(bkey, blob_ttl_ms)
                     pipe.sadd(blobset, bkey)
-                pipe.pexpire(blobset, ttl_ms)
+                pipe.pexpire(blobset, blob_ttl_ms)
                 await pipe.execute()
 
         await self._call(write_blobs)
-        keep = [_blob_key(session_id, k) for k in commit.keep]
+        refreshed, now = self._refreshed.get(session_id, {}), time.monotonic()
+        due = now - self._keep_every
+        kept = [k for k in commit.keep if refreshed.get(k, -math.inf) < due]
+        keep = [_blob_key(session_id, k) for k in kept]
         drop = [_blob_key(session_id, k) for k in commit.drop]
         new = list(commit.blobs.items()) if inline else []
         keys = [
             _k(session_id, "epoch"), _k(session_id, "nonce"), _k(session_id, "manifest"), _k(session_id, "meta"),
             blobset, *keep, *drop, *(_blob_key(session_id, k) for k, _ in new),
         ]  # fmt: skip
-        fields = {**commit.record.to_fields(), "ran": str(commit.record.execution_count)}
+        fields = orjson.dumps({**commit.record.to_fields(), "ran": str(commit.record.execution_count)})
         args: list[Any] = [fence.epoch, fence.nonce, commit.manifest, commit.manifest_sig, ttl_ms,
-                           len(keep), len(drop), len(fields)]  # fmt: skip
-        for name, value in fields.items():
-            args += [name, value]
+                           len(keep), len(drop), fields, blob_ttl_ms]  # fmt: skip
         args += [data for _, data in new]
         ok = await self._call(lambda: self._replicated(session_id, COMMIT, keys, args))
         if not ok:
             raise StaleEpoch(f"session {session_id!r}: epoch {fence.epoch} is no longer current")
+        if session_id not in self._refreshed and len(self._refreshed) >= _REFRESHED:
+            self._refreshed.clear()
+        # Only what this checkpoint references; ``now`` was taken before the script ran: they live longer.
+        self._refreshed[session_id] = {
+            k: now if k in commit.blobs else refreshed.get(k, -math.inf) for k in (*commit.keep, *commit.blobs)
+        }
+        self._refreshed[session_id].update(dict.fromkeys(kept, now))
 
     async def load_manifest(self, session_id: str) -> tuple[bytes, str] | None:
         found: list[Any] = await self._call(lambda: self._redis.hmget(_k(session_id, "manifest"), ["data", "sig"]))
