@@ -122,20 +122,25 @@ def _adopting(argv_fits: bool) -> Iterator[None]:
         yield
         return
     if not argv_fits:  # built for another command line
-        InteractiveShell.clear_instance()
+        type(shell).clear_instance()  # its own class's: a base class's leaves the subclass's singleton set
         yield
         return
     cls = type(shell)
     build = SingletonConfigurable.instance.__func__
+    asked = False
 
     def instance(klass: type[Any], *args: Any, **kwargs: Any) -> Any:
+        nonlocal asked
+        if asked or kwargs.get("kernel") is None:  # not the kernel's own request: the singleton as it is
+            return build(klass, *args, **kwargs)
+        asked = True
         fits = (
             klass is cls and not args and kwargs.get("profile_dir") is shell.profile_dir
             and kwargs.get("user_module") is None and kwargs.get("user_ns") is None
             and kwargs.get("compiler_class") is type(shell.compile)
         )  # fmt: skip
         if not fits:
-            InteractiveShell.clear_instance()
+            cls.clear_instance()
             return build(klass, *args, **kwargs)
         shell.parent = kwargs.get("parent")
         shell.kernel = kwargs.get("kernel")
