@@ -12,6 +12,7 @@ With a token (or a tenants file) the token decides, as a page cannot read it, an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
+@functools.lru_cache(maxsize=256)  # every request without a token asks about its Host: a few names, over and over
 def host_name(value: str) -> str:
     """The host part of a Host header or URL authority, without port or IPv6 brackets, lower case."""
     try:

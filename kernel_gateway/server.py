@@ -171,6 +171,9 @@ async def serve_replica(settings: Settings, replica: Replica, sock: socket.socke
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 1,
         proxy_headers=True,
         server_header=False,
+        # logs.py keeps uvicorn's access log at WARNING (it never logs there): said here as well, uvicorn does not
+        # build each request's access-log arguments (client address, quoted path) to throw them away.
+        access_log=False,
     )
     server = DrainingServer(config, app)
     # Machine-readable, for tests and scripts that start the service on port 0.
