@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import logging
 import os
 import signal
 import threading
@@ -18,10 +19,12 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from jupyter_client.connect import write_connection_file
 
 from kernel_gateway.kernels.factory import fork_kernels
 from kernel_gateway.kernels.forkapp import connection_file
 from kernel_gateway.kernels.kernel import Kernel
+from kernel_gateway.kernels.launch import IPYKERNEL_ARGUMENTS, kernel_environment
 from kernel_gateway.kernels.sandbox import Sandbox, SandboxKind, SandboxOptions, make_bwrap_argv
 from kernel_gateway.kernels.zygote import next_wait
 from kernel_gateway.replica import open_replica
@@ -271,6 +274,54 @@ def test_a_forked_kernel_tracks_cells_from_its_start_without_an_install_request(
         return seen
 
     assert asyncio.run(scenario()) == [(True, True, 0, True), (False, False, 1, True)]
+
+
+def test_a_kernel_forked_for_a_start_that_went_away_is_killed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A start cancelled (a start timeout, a request gone, the pool closing) while the zygote forks its kernel:
+    # the zygote answers after the waiter left, and that kernel used to run on for the life of the zygote.
+    settings = Settings(data_dir=tmp_path, pool_size=0, kernel_launch="fork", preload_modules=[])
+    caplog.set_level(logging.WARNING, logger="kernel_gateway.kernels.forked")
+
+    async def scenario() -> int:
+        manager = open_replica(settings, lambda: "http://127.0.0.1:1").manager
+        factory = manager.kernels
+        try:
+            await factory.sandbox()
+            zygote = await factory.zygote()
+            assert zygote is not None
+            kernel_dir = factory.runtime_dir / "abandoned"
+            kernel_dir.mkdir(mode=0o700)
+            conn = str(kernel_dir / "kernel.json")
+            write_connection_file(conn, transport="ipc", ip=str(kernel_dir / "k"))
+            env = kernel_environment(os.environ, "SKG_")
+            fork = asyncio.get_running_loop().create_task(
+                zygote.fork(["-f", conn, *IPYKERNEL_ARGUMENTS], env, None, kernel_dir, 60)
+            )
+            for _ in range(100):  # the fork's first step writes its request
+                if zygote._waiting:
+                    break
+                await asyncio.sleep(0)
+            assert zygote._waiting
+            fork.cancel()  # before the zygote can have answered: its answer needs this loop to read it
+            await asyncio.gather(fork, return_exceptions=True)
+            killed: list[logging.LogRecord] = []
+            for _ in range(1200):  # the answer, then the kernel's exit, come from the zygote (bounded: 60 s)
+                killed = [r for r in caplog.records if "went away" in r.getMessage()]
+                if killed and not zygote._kernels:
+                    break
+                await asyncio.sleep(0.05)
+            assert killed, "the zygote's answer for the abandoned fork never came"
+            assert not zygote._kernels and not zygote._abandoned  # its exit came back: nothing kept
+            pid = int(killed[0].args[0])  # type: ignore[index]
+            assert not alive(pid)  # gone while the zygote lives (the zygote's end would kill it anyway)
+            return pid
+        finally:
+            zygote = await factory.zygote()
+            await manager.close()
+            if zygote is not None:
+                await zygote.close()
+
+    assert asyncio.run(scenario()) > 0
 
 
 def value_session(svc: Service) -> str:

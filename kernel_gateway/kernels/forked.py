@@ -91,6 +91,9 @@ class ZygoteClient:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._kernels: dict[int, ForkedProcess] = {}
         self._early_exits: dict[int, int] = {}
+        # Requests whose waiter went away (cancelled, timed out) before the zygote answered: the zygote forks their
+        # kernel all the same, and nobody else would ever shut it down (it would live as long as the zygote).
+        self._abandoned: set[int] = set()
         self._lock = asyncio.Lock()
         self._closing = False
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -106,7 +109,10 @@ class ZygoteClient:
         )  # fmt: skip
         assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a line that arrives in the turn of a
+            # cancel (the factory closing) and loses the cancel; this zygote would then outlive the factory.
+            async with asyncio.timeout(timeout):
+                line = await proc.stdout.readline()
             ready: dict[str, Any] = json.loads(line) if line else {}
             if not ready.get("ready"):
                 raise ZygoteGone(f"the kernel zygote did not start (exit {await proc.wait()})")
@@ -137,25 +143,64 @@ class ZygoteClient:
                    "capture": dict(capture) if capture is not None else None}  # fmt: skip
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
+        sent = False
         try:
             assert self.proc.stdin is not None
             async with self._lock:
                 self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+                sent = True
                 await self.proc.stdin.drain()
-            reply = await asyncio.wait_for(fut, timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a reply that arrives in the turn of a
+            # cancel and loses the cancel; here the cancel is raised and the kernel of that reply shut down.
+            async with asyncio.timeout(timeout):
+                reply = await fut
         except (ConnectionError, BrokenPipeError) as exc:
             raise ZygoteGone(f"the kernel zygote has exited: {exc}") from exc
+        except BaseException:
+            if sent:
+                self._abandon(rid, fut)
+            raise
         finally:
             self._waiting.pop(rid, None)
         if "error" in reply:
             raise ForkFailed(str(reply["error"]))
-        process = ForkedProcess(int(reply["pid"]))
-        status = self._early_exits.pop(process.pid, None)
+        return self._adopt(int(reply["pid"]))
+
+    def _adopt(self, pid: int) -> ForkedProcess:
+        process = ForkedProcess(pid)
+        status = self._early_exits.pop(pid, None)
         if status is not None:
             process.exited(status)
         else:
-            self._kernels[process.pid] = process
+            self._kernels[pid] = process
         return process
+
+    def _abandon(self, rid: int, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """The waiter of request ``rid`` is gone: its kernel is killed now if its answer is already in, else when
+        it comes (``_answer``); a zygote that died took it along."""
+        if not fut.done() or fut.cancelled():
+            if not self._reader.done():
+                self._abandoned.add(rid)
+        elif fut.exception() is None:
+            self._discard(fut.result())
+
+    def _discard(self, reply: dict[str, Any]) -> None:
+        if "pid" not in reply:
+            return  # the fork failed: nothing runs
+        process = self._adopt(int(reply["pid"]))
+        log.warning("kernel zygote: kernel %d was forked for a start that went away: killed", process.pid)
+        process.kill()  # its exit comes from the zygote as any kernel's, and takes it off ``_kernels``
+
+    def _answer(self, msg: dict[str, Any]) -> None:
+        """The zygote's answer to fork request ``msg["id"]``."""
+        rid = int(msg["id"])
+        if rid in self._abandoned:
+            self._abandoned.discard(rid)
+            self._discard(msg)
+            return
+        fut = self._waiting.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -169,9 +214,7 @@ class ZygoteClient:
                     else:  # its fork reply is still on its way
                         self._early_exits[int(msg["exit"])] = int(msg["status"])
                 elif msg.get("id") is not None:
-                    fut = self._waiting.get(int(msg["id"]))
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg)
+                    self._answer(msg)
         except (ValueError, OSError) as exc:
             log.error("kernel zygote: unreadable answer: %s", exc)
         finally:
@@ -179,6 +222,7 @@ class ZygoteClient:
             for process in self._kernels.values():
                 process.exited(-signal.SIGKILL)
             self._kernels.clear()
+            self._abandoned.clear()
             for fut in self._waiting.values():
                 if not fut.done():
                     fut.set_exception(ZygoteGone("the kernel zygote has exited"))

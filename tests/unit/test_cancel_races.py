@@ -4,17 +4,23 @@ Each start or reply is gated by a future the test resolves, so the race is order
 not by time: the cancel lands in the same turn of the loop in which the awaited step finishes. Python 3.11's
 ``asyncio.wait_for`` then returns the result and loses the cancel. The warm pool's close() relied on its one
 cancel and waited for the filler for ever (a replica that did not exit after SIGTERM, seen once in CI), and a
-kernel start or call cancelled that way went on as if nothing had happened.
+kernel start or call cancelled that way went on as if nothing had happened. A fork whose waiter went away
+(cancelled, timed out) before the zygote answered left its kernel running for the life of the zygote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import pytest
 from jupyter_client.session import Session
 
+from kernel_gateway.kernels.forked import ZygoteClient
 from kernel_gateway.kernels.kernel import Kernel, KernelState
 from kernel_gateway.kernels.pool import KernelPool
 from kernel_gateway.types import Channel, KernelMessage
@@ -115,3 +121,80 @@ async def test_a_call_cancelled_as_its_reply_arrives_is_cancelled() -> None:
     assert isinstance(outcome, asyncio.CancelledError)
     assert kernel._calls == {}
     await kernel.shutdown(now=True)
+
+
+async def _silent_zygote() -> ZygoteClient:
+    """A zygote that reads fork requests and never answers: the test answers for it (``ZygoteClient._answer``
+    is what the client does with each line the zygote writes), so it decides when an answer arrives."""
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", "cat >/dev/null", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    return ZygoteClient(proc, {"ready": True})
+
+
+async def _sent(zygote: ZygoteClient) -> int:
+    """The id of the one fork request in flight, once it was written to the zygote."""
+    for _ in range(100):  # the fork's first step writes the request: a turn or two of the loop
+        if zygote._waiting:
+            (rid,) = zygote._waiting
+            return rid
+        await asyncio.sleep(0)
+    raise AssertionError("the fork request was never sent")
+
+
+def _fork(zygote: ZygoteClient, timeout: float) -> asyncio.Task[Any]:
+    fork = zygote.fork(["-f", "kernel.json"], {}, None, Path("/nonexistent"), timeout)
+    return asyncio.get_running_loop().create_task(fork)
+
+
+@pytest.mark.parametrize("leaves", ["cancelled", "timed out"])
+async def test_a_kernel_forked_for_a_start_that_went_away_is_killed_when_its_answer_comes(leaves: str) -> None:
+    zygote = await _silent_zygote()
+    kernel = await asyncio.create_subprocess_exec("sleep", "600")  # stands in for the kernel the zygote forks
+    try:
+        fork = _fork(zygote, 3600 if leaves == "cancelled" else 0)
+        rid = await _sent(zygote)
+        if leaves == "cancelled":
+            fork.cancel()
+        (outcome,) = await asyncio.gather(fork, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError if leaves == "cancelled" else TimeoutError)
+        assert kernel.returncode is None
+        zygote._answer({"id": rid, "pid": kernel.pid})  # the zygote answers after the waiter left
+        assert await asyncio.wait_for(kernel.wait(), GUARD) == -signal.SIGKILL
+        assert zygote._abandoned == set()  # nothing kept for an answer that came
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            kernel.kill()
+        await kernel.wait()
+        await zygote.close()
+
+
+async def test_a_fork_cancelled_as_its_answer_arrives_is_cancelled_and_its_kernel_killed() -> None:
+    zygote = await _silent_zygote()
+    kernel = await asyncio.create_subprocess_exec("sleep", "600")
+    try:
+        fork = _fork(zygote, 3600)
+        rid = await _sent(zygote)
+        zygote._answer({"id": rid, "pid": kernel.pid})
+        fork.cancel()  # in the same turn as the answer: wait_for returned the kernel and lost the cancel
+        (outcome,) = await asyncio.gather(fork, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError)
+        assert await asyncio.wait_for(kernel.wait(), GUARD) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            kernel.kill()
+        await kernel.wait()
+        await zygote.close()
+
+
+async def test_a_failed_fork_whose_start_went_away_leaves_nothing_behind() -> None:
+    zygote = await _silent_zygote()
+    try:
+        fork = _fork(zygote, 3600)
+        rid = await _sent(zygote)
+        fork.cancel()
+        await asyncio.gather(fork, return_exceptions=True)
+        zygote._answer({"id": rid, "error": "no memory"})
+        assert zygote._abandoned == set() and zygote._kernels == {}
+    finally:
+        await zygote.close()
