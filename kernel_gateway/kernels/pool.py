@@ -32,22 +32,24 @@ class KernelPool:
         self._wakeup = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
         self._closed = False
+        self._filling = True  # until the replica drains (stop_filling) or the pool closes
 
     @property
     def ready_count(self) -> int:
         return len(self._ready)
 
     def start(self) -> None:
-        if self._filler is None and self.size > 0 and not self._closed:
+        if self._filler is None and self.size > 0 and self._filling:
             self._filler = asyncio.get_running_loop().create_task(self._fill())
 
     async def _fill(self) -> None:
         # One kernel at a time: on a small machine, booting several at once slows each of them and the
         # cells already running.
-        # The filler stops on close() even when the cancel is lost: Python 3.11's asyncio.wait_for returns the
-        # result of a start that finished in the same turn as the cancel, and close() would await it for ever.
-        while not self._closed:
-            while len(self._ready) < self.size and not self._closed:
+        # The filler stops on close() and stop_filling() even when the cancel is lost: Python 3.11's
+        # asyncio.wait_for returns the result of a start that finished in the same turn as the cancel, and
+        # close() would await it for ever.
+        while self._filling:
+            while len(self._ready) < self.size and self._filling:
                 try:
                     kernel = await self._start(self.kernel_name, None)
                 except asyncio.CancelledError:
@@ -59,7 +61,9 @@ class KernelPool:
                 if self._closed:
                     await kernel.shutdown(now=True)
                     return
-                self._ready.append(kernel)
+                self._ready.append(kernel)  # stopped but open: a running session may still take it
+            if not self._filling:
+                return
             self._wakeup.clear()
             await self._wakeup.wait()
             await asyncio.sleep(REFILL_DELAY)
@@ -86,14 +90,21 @@ class KernelPool:
             asyncio.get_running_loop().create_task(kernel.shutdown(now=True))
         return None
 
-    async def close(self) -> None:
-        self._closed = True
+    async def stop_filling(self) -> None:
+        """The replica drains: no new session will take a kernel, so none is started for the pool any more (a
+        start under way is cancelled). The ready kernels stay until close(): a running session whose kernel
+        dies or hangs takes one."""
+        self._filling = False
         self._wakeup.set()
         if self._filler is not None:
             self._filler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._filler
-            self._filler = None
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.stop_filling()
+        self._filler = None
         kernels = list(self._ready)
         self._ready.clear()
         await asyncio.gather(*(k.shutdown(now=True) for k in kernels), return_exceptions=True)

@@ -121,6 +121,10 @@ class KernelSupply:
                 return first
         return await self.pool.acquire(name, env)
 
+    async def stop_filling(self) -> None:
+        """The replica drains: the warm pool is not filled any more (``KernelPool.stop_filling``)."""
+        await self.pool.stop_filling()
+
     async def close(self) -> None:
         """Shut down every kernel no session took, then the factory (the zygote, the ZMQ context)."""
         if self._expiry is not None:

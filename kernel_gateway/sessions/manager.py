@@ -339,7 +339,9 @@ class SessionManager:
     # -- the end ------------------------------------------------------------------------------------------
 
     async def wait_idle(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for running cells (and their checkpoints) to finish (SIGTERM drain)."""
+        """The drain (SIGTERM): the warm pool stops filling, since no new session will take its kernels, while
+        running cells (and their checkpoints) get up to ``grace`` seconds to finish."""
+        await self.supply.stop_filling()
         await wait_idle(self.sessions.values(), grace)
 
     async def close(self) -> None:
