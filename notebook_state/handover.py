@@ -220,7 +220,10 @@ def take_auto(auto_dir: Path, limit: int = MAX_BYTES) -> Capture | None:
 
 async def off_loop(fn: Callable[[], T], timeout: float) -> T:
     """Run a hand-over read in a thread, so that no file a kernel made can stall the replica's loop."""
-    return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a read that ends in the turn of a cancel and
+    # loses the cancel (a restore cancelled at shutdown would go on and register its session after the close).
+    async with asyncio.timeout(timeout):
+        return await asyncio.to_thread(fn)
 
 
 async def take_auto_async(auto_dir: Path, limit: int, timeout: float) -> Capture | None:

@@ -17,6 +17,7 @@ What the platform allows is found out once, by trying, in this order of strength
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -207,11 +208,18 @@ async def _works(argv: Sequence[str]) -> str | None:
     except OSError as exc:
         return str(exc)
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), _PROBE_TIMEOUT)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a probe that ends in the turn of a cancel
+        # and loses the cancel.
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            _, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
         return f"no answer in {_PROBE_TIMEOUT:g} s"
+    except BaseException:  # cancelled: a probe that hangs would otherwise run on, nobody waiting for it
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
     if proc.returncode == 0:
         return None
     return err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"

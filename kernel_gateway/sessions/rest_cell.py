@@ -127,7 +127,10 @@ async def _await_cell(session: Session, run: CellRun, timeout: float, interrupt_
         "traceback": [],
     }
     try:
-        await asyncio.wait_for(run.done.wait(), interrupt_grace)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a cell that ends in the turn of a cancel
+        # (the request's task cancelled at shutdown) and loses the cancel.
+        async with asyncio.timeout(interrupt_grace):
+            await run.done.wait()
         result = run.result(session.id)
     except TimeoutError:
         await session.replace_kernel(TIMEOUT_RESTART_NOTICE)

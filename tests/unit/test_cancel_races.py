@@ -5,13 +5,16 @@ not by time: the cancel lands in the same turn of the loop in which the awaited 
 ``asyncio.wait_for`` then returns the result and loses the cancel. The warm pool's close() relied on its one
 cancel and waited for the filler for ever (a replica that did not exit after SIGTERM, seen once in CI), and a
 kernel start or call cancelled that way went on as if nothing had happened. A fork whose waiter went away
-(cancelled, timed out) before the zygote answered left its kernel running for the life of the zygote.
+(cancelled, timed out) before the zygote answered left its kernel running for the life of the zygote. The
+other waits with a timeout on the way of a cancel (the zygote's start, a REST cell's interrupt grace, a
+hand-over read, the sandbox probe) lost it the same way, or left their process running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,10 +23,14 @@ from typing import Any
 import pytest
 from jupyter_client.session import Session
 
+from kernel_gateway.kernels import sandbox
 from kernel_gateway.kernels.forked import ZygoteClient
 from kernel_gateway.kernels.kernel import Kernel, KernelState
 from kernel_gateway.kernels.pool import KernelPool
+from kernel_gateway.sessions.execution import CellRun, ExecutionStatus
+from kernel_gateway.sessions.rest_cell import _await_cell
 from kernel_gateway.types import Channel, KernelMessage
+from notebook_state import handover
 
 GUARD = 30.0  # seconds: a close that has not returned by then never will (the hang this file is about)
 
@@ -198,3 +205,124 @@ async def test_a_failed_fork_whose_start_went_away_leaves_nothing_behind() -> No
         assert zygote._abandoned == set() and zygote._kernels == {}
     finally:
         await zygote.close()
+
+
+async def test_the_zygotes_start_cancelled_as_it_says_ready_kills_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The factory closing cancels a zygote still starting; one that got its ready line in that turn was
+    # returned by wait_for and outlived the factory.
+    started: list[asyncio.subprocess.Process] = []
+    create = asyncio.create_subprocess_exec
+
+    async def recorded(*argv: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        started.append(await create(*argv, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    # A zygote that never says ready by itself: the test hands its ready line to the client's reader.
+    start = asyncio.get_running_loop().create_task(ZygoteClient.start(["sh", "-c", "cat >/dev/null"], {}, {}, 3600))
+    for _ in range(1000):  # the process starts in a thread of the child watcher: a few turns of the loop
+        if started:
+            break
+        await asyncio.sleep(0)
+    (proc,) = started
+    assert proc.stdout is not None
+    for _ in range(100):  # start() reaches its readline
+        if proc.stdout._waiter is not None:
+            break
+        await asyncio.sleep(0)
+    proc.stdout.feed_data(b'{"ready": true}\n')
+    start.cancel()  # in the same turn as the ready line
+    (outcome,) = await asyncio.gather(start, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert await asyncio.wait_for(proc.wait(), GUARD) == -signal.SIGKILL
+
+
+class _Interrupted:
+    def __init__(self) -> None:
+        self.interrupted = asyncio.Event()
+
+    async def interrupt(self) -> None:
+        self.interrupted.set()
+
+
+class _CellSession:
+    """As much of a Session as a REST cell's wait uses."""
+
+    id = "s"
+
+    def __init__(self) -> None:
+        self.kernel = _Interrupted()
+        self.replaced = False
+
+    async def replace_kernel(self, notice: str) -> None:
+        self.replaced = True
+
+
+async def test_a_rest_cell_cancelled_as_its_interrupted_cell_stops_is_cancelled() -> None:
+    session = _CellSession()
+    run = CellRun(1 << 20)
+    wait = _await_cell(session, run, 0, 3600)  # type: ignore[arg-type]  # timed out at once, then interrupted
+    cell = asyncio.get_running_loop().create_task(wait)
+    await asyncio.wait_for(session.kernel.interrupted.wait(), GUARD)  # the cell now waits out the grace
+    run.done.set()  # the interrupted cell stops...
+    cell.cancel()  # ...in the turn the request's task is cancelled (a shutdown): wait_for returned a result
+    (outcome,) = await asyncio.gather(cell, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError), outcome
+    assert not session.replaced
+
+
+async def test_a_rest_cell_whose_interrupt_stops_it_in_its_grace_is_a_timeout() -> None:
+    session = _CellSession()
+    run = CellRun(1 << 20)
+    cell = asyncio.get_running_loop().create_task(_await_cell(session, run, 0, 3600))  # type: ignore[arg-type]
+    await asyncio.wait_for(session.kernel.interrupted.wait(), GUARD)
+    run.done.set()
+    result = await asyncio.wait_for(cell, GUARD)
+    assert result.status is ExecutionStatus.TIMEOUT and not session.replaced
+
+
+async def test_a_handover_read_cancelled_as_its_thread_ends_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The read's end in the cancel's turn: the thread's result is a future the test resolves.
+    entered = asyncio.Event()
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def thread(fn: Any) -> str:
+        entered.set()
+        return await ended
+
+    monkeypatch.setattr(asyncio, "to_thread", thread)
+    read = asyncio.get_running_loop().create_task(handover.off_loop(lambda: "read", 3600))
+    await asyncio.wait_for(entered.wait(), GUARD)
+    ended.set_result("read")
+    read.cancel()  # in the same turn: wait_for returned the read and lost the cancel
+    (outcome,) = await asyncio.gather(read, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError), outcome
+
+
+async def test_a_sandbox_probe_cancelled_while_it_runs_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    probe = asyncio.get_running_loop().create_task(
+        sandbox._works(["sh", "-c", f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && exec sleep 600"])
+    )
+    for _ in range(600):  # until the probe runs (bounded: 30 s)
+        if pid_file.exists():
+            break
+        await asyncio.sleep(0.05)
+    pid = int(pid_file.read_text())
+    probe.cancel()
+    (outcome,) = await asyncio.gather(probe, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    for _ in range(600):  # killed, then reaped by the child watcher
+        if not _running(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
