@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import zmq
-import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM
 
@@ -28,7 +26,7 @@ from notebook_state.errors import StateError
 
 from ..types import Channel, JSONDict, KernelListener, KernelMessage
 from .memory_guard import MEMORY_EXIT
-from .wire import Signer, Wire, signer
+from .wire import Endpoint, Signer, Wire, signer
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +88,10 @@ class Kernel:
             async with asyncio.timeout(timeout):
                 await self.km.start_kernel(**launch)
             self._sign = signer(self._session.key, self._session.digest_mod)
-            identity = self._session.bsession
-            sockets: dict[Channel, zmq.Socket[Any]] = {
-                Channel.SHELL: self.km.connect_shell(identity=identity),
-                Channel.STDIN: self.km.connect_stdin(identity=identity),
-                Channel.CONTROL: self.km.connect_control(identity=identity),
-                Channel.IOPUB: self.km.connect_iopub(),
-            }
-            self._wire = Wire(sockets, self._receive)
+            km = self.km
+            # Where jupyter_client's own sockets would connect (its connection info), one channel each.
+            endpoints = {c: Endpoint.of(km.transport, km.ip, getattr(km, f"{c.value}_port")) for c in Channel}
+            self._wire = Wire(endpoints, self._session.bsession, self._receive)
             self._tasks = [asyncio.get_running_loop().create_task(self._watch_liveness())]
             async with asyncio.timeout(timeout):
                 await self._wait_ready()
@@ -242,12 +236,19 @@ class Kernel:
             log.warning("kernel %s: bad signature on %s", self.id, channel.value)
             return None
         raw = parts[1:5]
+        loads = orjson.loads
         try:
-            header, parent, metadata, content = (orjson.loads(p) for p in raw)
+            header, parent, metadata, content = loads(raw[0]), loads(raw[1]), loads(raw[2]), loads(raw[3])
         except orjson.JSONDecodeError:
             log.warning("kernel %s: undecodable message on %s", self.id, channel.value)
             return None
-        return KernelMessage(channel, header, parent, metadata, content, list(parts[5:]), raw)
+        if type(header) is not dict or type(parent) is not dict or type(content) is not dict:
+            # Everything downstream reads these as objects (msg_type, the parent's msg_id, execution_state): one
+            # that is not would break the listener for every later message. (Metadata is looked at only in an
+            # execute_reply, where the session passes a non-object through.)
+            log.warning("kernel %s: a message on %s whose header or content is not an object", self.id, channel.value)
+            return None
+        return KernelMessage(channel, header, parent, metadata, content, parts[5:], raw)
 
     async def _watch_liveness(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""A kernel's sockets read straight from their file descriptors (``kernels.wire``), against real ZMQ peers."""
+"""A kernel's channels spoken as ZMTP by asyncio (``kernels.wire``), against real libzmq peers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import zmq
-import zmq.asyncio
 from jupyter_client.session import DELIM, Session
 
 from kernel_gateway.kernels.kernel import Kernel
-from kernel_gateway.kernels.wire import Wire, signer
+from kernel_gateway.kernels.wire import GREETING, Endpoint, Link, Wire, encode, signer
 from kernel_gateway.types import Channel
 
 
@@ -23,59 +22,98 @@ async def wait_for(condition: Any, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_every_message_arrives_in_order_past_a_batch(tmp_path: Path) -> None:
-    ctx = zmq.asyncio.Context()
-    kernel_side = zmq.Context.shadow(ctx.underlying).socket(zmq.ROUTER)
-    kernel_side.bind(f"ipc://{tmp_path}/shell")
-    ours = ctx.socket(zmq.DEALER)
-    ours.setsockopt(zmq.IDENTITY, b"svc")
-    ours.connect(f"ipc://{tmp_path}/shell")
+async def test_every_message_arrives_in_order_and_sends_wait_for_the_kernel(tmp_path: Path) -> None:
+    ctx = zmq.Context()
     got: list[list[bytes]] = []
-    wire = Wire({Channel.SHELL: ours}, lambda channel, frames: got.append(frames))
+    # The wire starts before the kernel has bound its socket: it retries, and what it sends meanwhile waits.
+    wire = Wire({Channel.SHELL: Endpoint.of("ipc", f"{tmp_path}/k", 1)}, b"svc", lambda c, frames: got.append(frames))
+    kernel_side = ctx.socket(zmq.ROUTER)
     try:
         wire.send(Channel.SHELL, [b"hello"])
+        kernel_side.bind(f"ipc://{tmp_path}/k-1")
         await wait_for(lambda: kernel_side.poll(0))
         ident, body = kernel_side.recv_multipart()
-        assert (ident, body) == (b"svc", b"hello")
-        wire.send(Channel.SHELL, [b"<IDS|MSG>", b"", memoryview(b"buffer"), b"last"])  # one message, every frame
+        assert (ident, body) == (b"svc", b"hello")  # the identity the stdin channel shares
+        big = bytes(range(256)) * 4096  # 1 MiB: long frames, read in many pieces
+        wire.send(Channel.SHELL, [b"<IDS|MSG>", b"", memoryview(b"buffer"), big, b"last"])  # one message
         await wait_for(lambda: kernel_side.poll(0))
-        assert kernel_side.recv_multipart() == [b"svc", b"<IDS|MSG>", b"", b"buffer", b"last"]
-        # More than one batch at once: the wire reads them all, in order, giving the loop a turn in between.
+        assert kernel_side.recv_multipart() == [b"svc", b"<IDS|MSG>", b"", b"buffer", big, b"last"]
         for n in range(300):
-            kernel_side.send_multipart([b"svc", str(n).encode()])
-        await wait_for(lambda: len(got) == 300)
-        assert [int(frames[0]) for frames in got] == list(range(300))
-        # A reply that arrives while we send is not missed (the socket's FD is edge-triggered).
-        kernel_side.send_multipart([b"svc", b"late"])
-        wire.send(Channel.SHELL, [b"again"])
+            kernel_side.send_multipart([b"svc", str(n).encode(), b"x" * n])
+        kernel_side.send_multipart([b"svc", big, b""])
         await wait_for(lambda: len(got) == 301)
-        assert got[-1] == [b"late"]
+        assert [frames for frames in got[:300]] == [[str(n).encode(), b"x" * n] for n in range(300)]
+        assert got[300] == [big, b""]
     finally:
         wire.close()
         kernel_side.close(linger=0)
         ctx.term()
 
 
-async def test_a_closed_wire_stops_reading(tmp_path: Path) -> None:
-    ctx = zmq.asyncio.Context()
-    pub = zmq.Context.shadow(ctx.underlying).socket(zmq.PUB)
-    pub.bind(f"ipc://{tmp_path}/iopub")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"ipc://{tmp_path}/iopub")
+async def test_iopub_subscribes_to_everything_and_a_closed_wire_stops_reading(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)  # as ipykernel's iopub
+    pub.bind(f"ipc://{tmp_path}/k-2")
     got: list[list[bytes]] = []
-    wire = Wire({Channel.IOPUB: sub}, lambda channel, frames: got.append(frames))
+    wire = Wire({Channel.IOPUB: Endpoint.of("ipc", f"{tmp_path}/k", 2)}, b"svc", lambda c, frames: got.append(frames))
     try:
-        async with asyncio.timeout(30):
-            while not got:  # a SUB socket drops what is published before its subscription arrives
-                pub.send_multipart([b"status"])
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: pub.poll(0))
+        assert pub.recv_multipart() == [b"\x01"]  # subscribed to every topic
+        pub.send_multipart([b"kernel.status", b"<IDS|MSG>", b"{}"])
+        await wait_for(lambda: len(got) == 1)
+        assert got == [[b"kernel.status", b"<IDS|MSG>", b"{}"]]
         wire.close()
-        assert sub.closed
+        assert not wire.connected()
+        await wait_for(lambda: pub.poll(0))
+        assert pub.recv_multipart() == [b"\x00"]  # libzmq's unsubscribe: the connection is gone
     finally:
         wire.close()
         pub.close(linger=0)
         ctx.term()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _peer_hello(mechanism: bytes = b"NULL") -> bytes:
+    ready = b"\x05READY" + bytes((11,)) + b"Socket-Type" + (6).to_bytes(4, "big") + b"ROUTER"
+    return GREETING[:12] + mechanism.ljust(20, b"\x00") + GREETING[32:] + bytes((4, len(ready))) + ready
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 100_000])
+def test_frames_are_cut_the_same_however_the_bytes_arrive(piece: int) -> None:
+    got: list[list[bytes]] = []
+    link = Link(Channel.SHELL, b"DEALER", b"svc", lambda c, frames: got.append(frames))
+    transport = _Transport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.send(encode([b"early"]))  # before the peer's READY: held
+    assert transport.written == [link._hello]
+    messages = [[b"a"], [b"", b"b" * 300, b"c"], [bytes(70_000)], [b"d", b""]]
+    stream = _peer_hello() + b"".join(encode(m) for m in messages)
+    for i in range(0, len(stream), piece):
+        link.data_received(stream[i : i + piece])
+    assert got == messages
+    assert link.open and transport.written[1:] == [encode([b"early"])]
+
+
+def test_a_peer_without_the_null_mechanism_is_left() -> None:
+    link = Link(Channel.SHELL, b"DEALER", b"svc", lambda c, frames: None)
+    transport = _Transport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.data_received(_peer_hello(b"CURVE"))
+    assert transport.aborted and link.closed and not link.open
 
 
 @pytest.mark.parametrize("scheme", ["hmac-sha256", "hmac-sha512", "hmac-md5"])
@@ -103,3 +141,26 @@ def test_a_kernel_message_is_taken_only_with_its_keys_signature() -> None:
     kernel._wire = SimpleNamespace(send=lambda channel, parts: sent.append(parts))  # type: ignore[assignment]
     kernel.send(msg)
     assert session.deserialize(sent[0][sent[0].index(DELIM) + 1 :])["content"] == msg.content  # checks the HMAC
+
+
+@pytest.mark.parametrize("part", [0, 1, 3])
+@pytest.mark.parametrize("value", [b"[]", b'"text"', b"null", b"7"])
+def test_a_kernel_message_whose_header_parent_or_content_is_not_an_object_is_dropped(
+    part: int, value: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = Session(key=b"a-key-of-the-kernel")
+    kernel = Kernel(SimpleNamespace(session=session), "python3")  # type: ignore[arg-type]
+    kernel._sign = signer(session.key, session.digest_mod)
+    frames = session.serialize(session.msg("status", content={"execution_state": "idle"}))
+    at = frames.index(DELIM) + 2  # past the delimiter and the signature
+    frames[at + part] = value
+    frames[at - 1] = session.sign(frames[at : at + 4])  # signed as the kernel would: only the shape is wrong
+    seen: list[Any] = []
+    kernel.listener = SimpleNamespace(on_kernel_message=seen.append)  # type: ignore[assignment]
+    with caplog.at_level("WARNING"):
+        kernel._receive(Channel.IOPUB, frames)
+    assert seen == [] and "not an object" in caplog.text
+    frames[at + part] = b"{}"
+    frames[at - 1] = session.sign(frames[at : at + 4])
+    kernel._receive(Channel.IOPUB, frames)  # the listener still takes the next one
+    assert len(seen) == 1
