@@ -8,10 +8,10 @@ service calls, in silent executes::
     __import__('notebook_state.capture').capture.checkpoint(dir) # after each cell
     __import__('notebook_state.capture').capture.restore(dir)    # on a fresh kernel, to take a session over
 
-Modules: ``analysis`` (what a cell could touch), ``groups`` (alias groups), ``hashing``, ``serialize`` (blob
-format), ``replay`` (unserialisable variables), ``tracker`` (events + incremental checkpoint) and ``restorer``
-(restore; not named ``restore``, which would shadow the function below once imported), ``outbox`` (where a
-checkpoint goes: files, or the cell's reply). Process state that is not
+Modules: ``analysis`` (what a cell could touch), ``groups`` (alias groups), ``hashing``, ``serialize`` (pickling
+a group), ``blob`` (its file format), ``replay`` (unserialisable variables), ``tracker`` (events + incremental
+checkpoint) and ``restorer`` (restore; not named ``restore``, which would shadow the function below once
+imported), ``outbox`` (where a checkpoint goes: files, or the cell's reply). Process state that is not
 a variable (random generators, ``sys.path``, IPython and library settings) goes through the hook registry of
 ``hooks`` (built-ins in ``hooks_runtime``, ``hooks_random``, ``hooks_ipython``, ``hooks_history``,
 ``hooks_libraries``, ``hooks_matplotlib``), run by ``process_state``. docs/process-state.md describes it.

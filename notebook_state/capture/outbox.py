@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from ..types import REPLY_KEY
-from .serialize import Serialized, write_blob
+from .blob import Serialized, write_blob
 
 __all__ = ["REPLY_KEY", "Outbox"]
 

@@ -1,14 +1,7 @@
-"""Serialising one alias group ``{name: obj}`` into a blob, and loading it back.
+"""Serialising one alias group ``{name: obj}`` into a blob (``blob.py``: its layout), and loading it back.
 
 Pickle protocol 5 with a ``buffer_callback``: big contiguous buffers (numpy arrays, pandas blocks) stay out of
 band, so they are hashed and written straight from the object's memory, never copied into the pickle stream.
-
-Blob layout (all integers little-endian)::
-
-    b"NBSTATE1" | serializer (1 byte: b"c" cloudpickle, b"d" dill) | 3 zero bytes | u32 n_buffers |
-    u64 stream_length | n_buffers x u64 buffer_length | stream | (zero padding to 64, buffer)*
-
-The hash (xxh3-128) is over exactly the bytes of the file, so ``xxh3_128(file) == manifest hash``.
 
 Functions defined in the notebook are pickled by value (cloudpickle) but WITHOUT a snapshot of the globals they
 read: they are rebuilt with the restoring kernel's user namespace as their ``__globals__``, so they keep
@@ -19,26 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
-import struct
 import sys
 import threading
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from .hashing import StreamHash
+from .blob import Serialized, pack, read_blob, unpack
 
-MAGIC = b"NBSTATE1"
-_ALIGN = 64
-_FIXED = struct.Struct("<8s1s3xIQ")
-_CODES = {"cloudpickle": b"c", "dill": b"d"}
-_NAMES = {v: k for k, v in _CODES.items()}
-
+# The functions below that a pickle names (_user_namespace, _make_lock, _make_rlock, _rebuild_view) are looked
+# up here by name when a checkpoint loads: they stay in this module, or stored checkpoints no longer load.
 _LOCK_TYPE = type(threading.Lock())
 _RLOCK_TYPE = type(threading.RLock())
 _FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair, io.TextIOWrapper)
@@ -179,38 +165,6 @@ def _dill_pickler_class() -> type[Any]:
     return _DillPickler
 
 
-@dataclass
-class Serialized:
-    serializer: str
-    header: bytes
-    stream: memoryview
-    buffers: list[memoryview] = field(default_factory=list)
-    hash: str = ""
-    size: int = 0
-
-    def chunks(self) -> Iterator[bytes | memoryview]:
-        yield self.header
-        yield self.stream
-        offset = len(self.header) + self.stream.nbytes
-        for buf in self.buffers:
-            pad = -offset % _ALIGN
-            if pad:
-                yield b"\0" * pad
-            yield buf
-            offset += pad + buf.nbytes
-
-
-def _finish(serializer: str, stream: memoryview, buffers: list[memoryview]) -> Serialized:
-    header = _FIXED.pack(MAGIC, _CODES[serializer], len(buffers), stream.nbytes)
-    header += b"".join(struct.pack("<Q", b.nbytes) for b in buffers)
-    ser = Serialized(serializer, header, stream, buffers)
-    h = StreamHash()
-    for chunk in ser.chunks():
-        h.update(chunk)
-    ser.hash, ser.size = h.hexdigest(), h.nbytes
-    return ser
-
-
 def _dump(pickler_cls: Any, objs: dict[str, Any], ns: dict[str, Any], serializer: str) -> Serialized:
     out = io.BytesIO()
     buffers: list[memoryview] = []
@@ -231,7 +185,7 @@ def _dump(pickler_cls: Any, objs: dict[str, Any], ns: dict[str, Any], serializer
         if main is not None and main.__dict__ is ns:
             pickler._main = main
     pickler.dump(objs)
-    return _finish(serializer, out.getbuffer(), buffers)
+    return pack(serializer, out.getbuffer(), buffers)
 
 
 _PLAIN_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
@@ -288,41 +242,19 @@ def serialize_data(objs: dict[str, Any]) -> Serialized:
         return False
 
     pickle.Pickler(out, protocol=5, buffer_callback=keep).dump(objs)
-    return _finish("cloudpickle", out.getbuffer(), buffers)
-
-
-def write_blob(path: str, ser: Serialized) -> None:
-    with open(path, "wb") as f:
-        for chunk in ser.chunks():
-            f.write(chunk)
+    return pack("cloudpickle", out.getbuffer(), buffers)
 
 
 def load_blob(path: str, ns: dict[str, Any]) -> dict[str, Any]:
-    """Read a blob into one writable buffer (arrays are rebuilt on it, not copied) and unpickle it."""
-    with open(path, "rb") as f:
-        data = bytearray(os.fstat(f.fileno()).st_size)  # one copy: straight from the file into the buffer
-        f.readinto(data)
-    return load_bytes(data, ns)
+    """Read a blob file into one writable buffer (arrays are rebuilt on it, not copied) and unpickle it."""
+    return load_bytes(read_blob(path), ns)
 
 
 def load_bytes(data: bytearray, ns: dict[str, Any]) -> dict[str, Any]:
     """Unpickle a blob held in memory (a writable buffer: arrays are rebuilt on it)."""
-    view = memoryview(data)
-    magic, code, nbuf, stream_len = _FIXED.unpack_from(view, 0)
-    if magic != MAGIC or code not in _NAMES:
-        raise ValueError("not a notebook_state blob")
-    offset = _FIXED.size
-    lengths = [struct.unpack_from("<Q", view, offset + 8 * i)[0] for i in range(nbuf)]
-    offset += 8 * nbuf
-    stream = view[offset : offset + stream_len]
-    offset += stream_len
-    buffers = []
-    for length in lengths:
-        offset += -offset % _ALIGN
-        buffers.append(view[offset : offset + length])
-        offset += length
+    serializer, stream, buffers = unpack(data)
     with loading_into(ns):
-        if _NAMES[code] == "dill":
+        if serializer == "dill":
             import dill
 
             result = dill.loads(bytes(stream), buffers=buffers)
