@@ -79,19 +79,23 @@ class LocalStore:
                 self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {decl}")
         self._lock = threading.Lock()
         self._ttl = session_ttl
+        # One cursor for every transaction (they run one at a time, under the lock): the connection's own
+        # ``execute`` makes a cursor per statement, five a cell, and keeps a weak reference to each.
+        self._cur = self._db.cursor()
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+        cur = self._cur
+        cur.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(self._db)
+            result = fn(cur)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            cur.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        cur.execute("COMMIT")
         self._since_checkpoint += 1
         return result
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], small: bool = True) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Cursor], T], small: bool = True) -> T:
         """Run ``fn`` in a transaction. A small one runs right here on the event loop when nothing else holds
         the database: with WAL and no sync until a checkpoint it takes tens of microseconds, less than the hop
         to a thread. Big ones (blobs, restores), and any that would wait for the lock, go to a thread."""
@@ -119,14 +123,14 @@ class LocalStore:
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
-    def _purge_expired(self, db: sqlite3.Connection) -> None:
+    def _purge_expired(self, db: sqlite3.Cursor) -> None:
         expired = [r[0] for r in db.execute("SELECT id FROM sessions WHERE expires < ?", (time.time(),))]
         for session_id in expired:
             db.execute("DELETE FROM blobs WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
     async def create(self, record: SessionRecord) -> bool:
-        def run(db: sqlite3.Connection) -> bool:
+        def run(db: sqlite3.Cursor) -> bool:
             self._purge_expired(db)
             cur = db.execute(
                 "INSERT OR IGNORE INTO sessions (id, fields, expires) VALUES (?, ?, ?)",
@@ -145,7 +149,7 @@ class LocalStore:
         return SessionRecord.from_fields(session_id, {**json.loads(fields), "ran": str(ran)}, lease)
 
     async def get(self, session_id: str) -> SessionRecord | None:
-        def run(db: sqlite3.Connection) -> SessionRecord | None:
+        def run(db: sqlite3.Cursor) -> SessionRecord | None:
             row = db.execute(
                 f"SELECT {self._COLUMNS} FROM sessions WHERE id = ? AND expires >= ?", (session_id, time.time())
             ).fetchone()
@@ -156,7 +160,7 @@ class LocalStore:
     async def list_sessions(
         self, tenant: str = "", limit: int = LIST_LIMIT, after: str | None = None
     ) -> list[SessionRecord]:
-        def run(db: sqlite3.Connection) -> list[SessionRecord]:
+        def run(db: sqlite3.Cursor) -> list[SessionRecord]:
             self._purge_expired(db)
             start = db.execute("SELECT rowid FROM sessions WHERE id = ?", (after,)).fetchone() if after else None
             rows = db.execute(
@@ -169,7 +173,7 @@ class LocalStore:
         return await self._run(run)
 
     async def delete(self, session_id: str) -> None:
-        def run(db: sqlite3.Connection) -> None:
+        def run(db: sqlite3.Cursor) -> None:
             db.execute("DELETE FROM blobs WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
@@ -178,7 +182,7 @@ class LocalStore:
     async def acquire(
         self, session_id: str, owner: str, url: str, ttl: float, steal: int | None = None
     ) -> Fence | None:
-        def run(db: sqlite3.Connection) -> Fence | None:
+        def run(db: sqlite3.Cursor) -> Fence | None:
             row = db.execute("SELECT epoch FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return None
@@ -193,7 +197,7 @@ class LocalStore:
         return await self._run(run)
 
     async def renew_many(self, renewals: list[Renewal], ttl: float) -> list[bool | None]:
-        def run(db: sqlite3.Connection) -> list[bool | None]:
+        def run(db: sqlite3.Cursor) -> list[bool | None]:
             done: list[bool | None] = []
             for r in renewals:
                 cur = db.execute(
@@ -207,7 +211,7 @@ class LocalStore:
         return await self._run(run)
 
     async def release(self, session_id: str, owner: str, fence: Fence) -> None:
-        def run(db: sqlite3.Connection) -> None:
+        def run(db: sqlite3.Cursor) -> None:
             db.execute(
                 "UPDATE sessions SET lease_owner = NULL, lease_url = NULL, lease_expires = NULL "
                 "WHERE id = ? AND epoch = ? AND nonce = ? AND lease_owner = ?",
@@ -217,7 +221,7 @@ class LocalStore:
         await self._run(run)
 
     async def commit(self, session_id: str, fence: Fence, commit: Commit, ttl: float) -> None:
-        def run(db: sqlite3.Connection) -> None:
+        def run(db: sqlite3.Cursor) -> None:
             # The fence is checked by the update itself (one statement fewer per cell); a stale one rolls the
             # transaction back before any blob is written.
             cur = db.execute(
@@ -247,7 +251,7 @@ class LocalStore:
         await self._run(run, small=size <= _SMALL)
 
     async def load_manifest(self, session_id: str) -> tuple[bytes, str] | None:
-        def run(db: sqlite3.Connection) -> tuple[bytes, str] | None:
+        def run(db: sqlite3.Cursor) -> tuple[bytes, str] | None:
             row = db.execute("SELECT manifest, manifest_sig FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None or row[0] is None:
                 return None
@@ -256,7 +260,7 @@ class LocalStore:
         return await self._run(run)
 
     async def load_blobs(self, session_id: str, keys: list[str]) -> dict[str, list[bytes]]:
-        def run(db: sqlite3.Connection) -> dict[str, list[bytes]]:
+        def run(db: sqlite3.Cursor) -> dict[str, list[bytes]]:
             found: dict[str, list[bytes]] = {}
             for key in keys:
                 sql = "SELECT data FROM blobs WHERE session_id = ? AND key = ?"
