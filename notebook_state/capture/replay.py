@@ -41,12 +41,50 @@ _REASONS = {
 }
 
 
+MAX_CHAIN = 50
+"""Statements kept for one name (augmented assignments accumulate); past it, the name is not replayed."""
+_STAMP = 100_000  # bindings in cell n are stamped n * _STAMP + the statement's index
+
+
 @dataclass
 class Binding:
     """The latest statements that bound a name, and the cell sequence number of that binding."""
 
     statements: list[Statement]
     seq: int
+
+
+def record_bindings(
+    history: dict[str, Binding],
+    seqs: dict[str, int],
+    cell: int,
+    statements: list[Statement],
+    rebound: set[str],
+    ns: dict[str, Any],
+    failed: bool,
+) -> None:
+    """After cell number ``cell`` ran: the statements that bound each name (a chain, for ``x += 1`` or
+    ``x = f(x)``) into ``history``, and when, in ``seqs``, which orders bindings across and within cells. A name
+    rebound by code the cell's statements do not show (``global`` in a function, ``exec``) loses its history:
+    it cannot be replayed. In a failed cell only names that were rebound count."""
+    base = cell * _STAMP
+    for i, stmt in enumerate(statements[: _STAMP - 1]):
+        for name in stmt.binds:
+            if name not in ns or (failed and name not in rebound):
+                continue
+            seqs[name] = base + i
+            binding = history.get(name)
+            if binding is not None and (stmt.kind == "AugAssign" or name in stmt.reads):
+                binding.statements.append(stmt)
+                binding.seq = base + i
+                if len(binding.statements) > MAX_CHAIN:
+                    binding.statements = []
+            else:
+                history[name] = Binding([stmt], base + i)
+    for name in rebound:
+        if seqs.get(name, -1) < base:
+            seqs[name] = base + _STAMP - 1
+            history.pop(name, None)
 
 
 def kind_of(obj: Any) -> str:

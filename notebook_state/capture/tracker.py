@@ -14,17 +14,15 @@ from .groups import AliasIndex, reachable_ids, skip_ids
 from .hashing import group_id
 from .outbox import Outbox, write_json
 from .process_state import ProcessState
-from .replay import Binding, kind_of, plan
+from .replay import Binding, kind_of, plan, record_bindings
 from .serialize import serialize
 
 FORMAT = 1
-MAX_CHAIN = 50
 # Where post_run_cell writes each cell's checkpoint (set by ``install``): the service picks it up once the
 # cell's reply arrives, so a checkpoint costs no extra round trip to the kernel.
 AUTO_DIR: str | None = None
 # Blob bytes a cell's checkpoint may carry in its execute_reply (``install(reply=True)`` sets it): 0, files only.
 AUTO_REPLY_LIMIT = 0
-_STAMP = 100_000  # statements kept per name for replay (augmented assignments accumulate)
 
 
 @dataclass
@@ -129,30 +127,12 @@ class Tracker:
             self._executions_seen = self.executions
             self.seq += 1
             self.process.post_cell()
-            ns, before = self.ns, self._before
+            before = self._before
             failed = getattr(result, "error_in_exec", None) is not None
             after = self._after = self._ids()
             rebound = {n for n, i in after.items() if before.get(n) != i} | (before.keys() - after.keys())
             self.pending |= rebound  # whatever changed identity is a candidate, however it was bound
-            # Stamps order bindings across and within cells (statement i of cell n: n * 100_000 + i).
-            base = self.seq * _STAMP
-            for i, stmt in enumerate((statements or [])[: _STAMP - 1]):
-                for name in stmt.binds:
-                    if name not in ns or (failed and name not in rebound):
-                        continue
-                    self.seqs[name] = base + i
-                    binding = self.history.get(name)
-                    if binding is not None and (stmt.kind == "AugAssign" or name in stmt.reads):
-                        binding.statements.append(stmt)
-                        binding.seq = base + i
-                        if len(binding.statements) > MAX_CHAIN:
-                            binding.statements = []
-                    else:
-                        self.history[name] = Binding([stmt], base + i)
-            for name in rebound:
-                if self.seqs.get(name, -1) < base:  # rebound by code we did not see (`global` in a function, exec)
-                    self.seqs[name] = base + _STAMP - 1
-                    self.history.pop(name, None)
+            record_bindings(self.history, self.seqs, self.seq, statements or [], rebound, self.ns, failed)
         except Exception as exc:
             self.conservative = True
             self.errors.append(f"post_run_cell: {_error(exc)}")
