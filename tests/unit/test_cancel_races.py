@@ -220,16 +220,12 @@ async def test_the_zygotes_start_cancelled_as_it_says_ready_kills_it(monkeypatch
     monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
     # A zygote that never says ready by itself: the test hands its ready line to the client's reader.
     start = asyncio.get_running_loop().create_task(ZygoteClient.start(["sh", "-c", "cat >/dev/null"], {}, {}, 3600))
-    for _ in range(1000):  # the process starts in a thread of the child watcher: a few turns of the loop
-        if started:
+    for _ in range(600):  # until the process runs and start() waits for its line (bounded: 30 s)
+        if started and started[0].stdout is not None and started[0].stdout._waiter is not None:
             break
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
     (proc,) = started
-    assert proc.stdout is not None
-    for _ in range(100):  # start() reaches its readline
-        if proc.stdout._waiter is not None:
-            break
-        await asyncio.sleep(0)
+    assert proc.stdout is not None and proc.stdout._waiter is not None
     proc.stdout.feed_data(b'{"ready": true}\n')
     start.cancel()  # in the same turn as the ready line
     (outcome,) = await asyncio.gather(start, return_exceptions=True)
