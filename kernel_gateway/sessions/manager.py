@@ -196,6 +196,8 @@ class SessionManager:
 
     async def take_over(self, session_id: str, epoch: int, tenant: str | None = None) -> Session:
         """Take a session whose owner is provably gone (it refused a connection), if its epoch is unchanged."""
+        if self.draining:  # it would be restored here only to be saved and released again: another replica takes it
+            raise Draining()
         return await self._claim(session_id, steal=epoch, tenant=tenant)
 
     async def _claim(self, session_id: str, steal: int | None, tenant: str | None = None) -> Session:

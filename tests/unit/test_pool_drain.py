@@ -1,19 +1,25 @@
-"""The warm pool during the drain (SIGTERM): no new session will take a kernel then, so the pool stops filling
-at once (a start under way is cancelled), and what it holds stays for a running session whose kernel dies.
+"""The warm pool during the drain (SIGTERM): no new session will take a kernel then (not even one taken over
+from a dead owner), so the pool stops filling at once (a start under way is cancelled), and what it holds stays
+for a running session whose kernel dies.
 
 Starts are gated by futures the test resolves, so the order is the event loop's, not the clock's."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kernel_gateway.kernels.kernel import KernelState
 from kernel_gateway.kernels.pool import KernelPool
 from kernel_gateway.replica import open_replica
+from kernel_gateway.sessions.errors import Draining
 from kernel_gateway.settings import Settings
+from notebook_state.store import SessionRecord
 
 GUARD = 30.0  # seconds: a stop that has not returned by then never will
 
@@ -92,5 +98,22 @@ async def test_the_drain_stops_the_replicas_pool_filling(tmp_path: Path) -> None
         assert starter.starts[0].cancelled()
         filler = manager.pool._filler
         assert filler is not None and filler.done() and len(starter.starts) == 1
+    finally:
+        await manager.close()
+
+
+async def test_a_draining_replica_takes_no_session_over_from_a_dead_owner(tmp_path: Path) -> None:
+    manager = open_replica(Settings(data_dir=tmp_path, pool_size=0), lambda: "http://127.0.0.1:1").manager
+    try:
+        now = time.time()
+        await manager.store.create(SessionRecord(id="s", kernel_name="python3", created=now, last_activity=now))
+        fence = await manager.store.acquire("s", "dead-replica", "http://127.0.0.1:2", 60)
+        assert fence is not None
+        manager.draining = True
+        with pytest.raises(Draining):  # 503: the client retries, and a replica that stays takes it over
+            await manager.take_over("s", fence.epoch)
+        assert manager.sessions == {}
+        record = await manager.store.get("s")
+        assert record is not None and record.lease is not None and record.lease.owner == "dead-replica"
     finally:
         await manager.close()
