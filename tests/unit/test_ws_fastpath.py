@@ -1,0 +1,165 @@
+"""The kernel WebSocket's cheap paths: frames written at once by the protocol (no ASGI send chain) while the
+socket takes data, reading paused only once received messages pile up, and a cell's ``status: busy`` written
+together with what follows it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+
+from kernel_gateway.metrics import Metrics
+from kernel_gateway.routes import channels
+from kernel_gateway.routes.channels import ChannelConnection
+from kernel_gateway.types import Channel, KernelMessage
+from kernel_gateway.wsserver import PAUSE_AT, SEND_MANY, TEXT, WRITE, BatchingWebSocketProtocol
+
+GUARD = 30.0
+
+
+async def wait_for(condition: Any) -> None:
+    async with asyncio.timeout(GUARD):
+        while not condition():  # noqa: ASYNC110 - the condition is a protocol's state, no event to wait on
+            await asyncio.sleep(0.005)
+
+
+# -- the protocol under a real uvicorn on loopback -------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _App:
+    """Takes one message, then lets messages pile up until told to read on; says what the protocol did."""
+
+    def __init__(self) -> None:
+        self.protocol: BatchingWebSocketProtocol | None = None
+        self.read_on = asyncio.Event()
+        self.got: list[str] = []
+        self.paused_after_one: bool | None = None
+        self.direct: bool | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        write = scope["extensions"][SEND_MANY][WRITE]
+        self.protocol = write.__self__
+        self.direct = write([(TEXT, b"hello"), (TEXT, b"again")])
+        protocol = self.protocol
+        await wait_for(lambda: protocol.queue.qsize() == 1)  # one message came, not taken yet
+        self.paused_after_one = protocol.read_paused
+        self.got.append((await receive())["text"])
+        await self.read_on.wait()
+        while len(self.got) < 1 + PAUSE_AT * 2:
+            self.got.append((await receive())["text"])
+        await receive()  # the client's close
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[tuple[_App, str]]:
+    handler = _App()
+    port = _free_port()
+    config = uvicorn.Config(handler, host="127.0.0.1", port=port, ws=BatchingWebSocketProtocol, log_config=None,
+                            ws_per_message_deflate=False, lifespan="off")  # fmt: skip
+    srv = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(srv.serve())
+    await wait_for(lambda: srv.started)
+    try:
+        yield handler, f"ws://127.0.0.1:{port}/"
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, GUARD)
+
+
+async def test_frames_go_at_once_and_reading_pauses_only_when_messages_pile_up(app: tuple[_App, str]) -> None:
+    handler, url = app
+    async with connect(url, compression=None) as ws:
+        assert [await asyncio.wait_for(ws.recv(), GUARD) for _ in range(2)] == ["hello", "again"]
+        await ws.send("0")
+        await wait_for(lambda: handler.paused_after_one is not None)
+        assert handler.direct is True and handler.paused_after_one is False  # uvicorn would have paused here
+        protocol = handler.protocol
+        assert protocol is not None
+        for n in range(1, 1 + PAUSE_AT * 2):
+            await ws.send(str(n))
+        await wait_for(lambda: protocol.read_paused)  # the app took none of them: reading stops
+        handler.read_on.set()
+        await wait_for(lambda: len(handler.got) == 1 + PAUSE_AT * 2)
+        assert handler.got == [str(n) for n in range(1 + PAUSE_AT * 2)]
+        assert not protocol.read_paused  # all taken: reading goes on
+        # Closing: the protocol's own checks refuse a direct write, the ASGI send decides.
+        protocol.close_sent = True
+        assert protocol.write_frames([(TEXT, b"late")]) is False
+        protocol.close_sent = False
+
+
+# -- the connection's writer -----------------------------------------------------------------------------
+
+
+class _Socket:
+    def __init__(self, direct: bool) -> None:
+        self.writes: list[list[tuple[int, bytes]]] = []
+        self.sends: list[list[tuple[int, bytes]]] = []
+        self.direct = direct
+        self.scope: dict[str, Any] = {"extensions": {SEND_MANY: {WRITE: self.write}}}
+        self.query_params: dict[str, str] = {}
+
+    def write(self, frames: list[tuple[int, bytes]]) -> bool:
+        if self.direct:
+            self.writes.append(list(frames))
+        return self.direct
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sends.append(list(message["skg.frames"]))
+
+
+class _Session:
+    id = "s"
+
+
+def _iopub(msg_type: str, content: dict[str, Any], n: int) -> KernelMessage:
+    return KernelMessage(Channel.IOPUB, {"msg_id": f"m{n}", "msg_type": msg_type}, {"msg_id": "cell"}, {}, content)
+
+
+def _connection(ws: _Socket) -> ChannelConnection:
+    return ChannelConnection(ws, _Session(), False, 10_000, 0, Metrics())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_cells_busy_goes_out_with_what_follows_it(direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channels, "COALESCE_BUSY", 3600.0)  # only what follows ends the wait, in this test
+    ws = _Socket(direct)
+    conn = _connection(ws)
+    writer = asyncio.get_running_loop().create_task(conn._write())
+    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the writer has had its turns, and holds the busy
+    assert ws.writes == ws.sends == []
+    conn.deliver(_iopub("execute_input", {"code": "1+1", "execution_count": 1}, 2))
+    await wait_for(lambda: ws.writes or ws.sends)
+    assert [len(frames) for frames in (ws.writes if direct else ws.sends)] == [2]
+    assert ws.sends == [] if direct else ws.writes == []
+    conn.close_soon(1000, "")
+    await asyncio.wait_for(writer, GUARD)
+
+
+async def test_a_lone_busy_is_written_all_the_same() -> None:
+    ws = _Socket(direct=True)
+    conn = _connection(ws)
+    writer = asyncio.get_running_loop().create_task(conn._write())
+    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+    await wait_for(lambda: ws.writes)  # a cell that prints nothing for a while still shows busy
+    conn.deliver(_iopub("status", {"execution_state": "busy"}, 2))
+    conn.close_soon(1000, "")  # a close does not wait for the busy's company either
+    await asyncio.wait_for(writer, GUARD)
+    assert [len(frames) for frames in ws.writes] == [1, 1]
