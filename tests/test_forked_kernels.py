@@ -121,6 +121,10 @@ ip, kernel = get_ipython(), IPKernelApp.instance().kernel
     assert value(first) == value(second) == (True, True, True, "cat", "xterm-color", True, True)
     assert any("IPython shell prebuilt: True" in line for line in forked.log)
     assert value(run(forked, "get_ipython().kernel.do_complete('pri', 3)['matches'][:1]")) == ["print"]
+    # IPython's default extension, loaded in the zygote: %store works in the kernel's own profile
+    loaded = "'IPython.extensions.storemagic' in get_ipython().extension_manager.loaded"
+    stored = f"y = 41\n%store y\ndel y\n%store -r y\n(y + 1, {loaded})"
+    assert value(run(forked, stored)) == (42, True)
 
 
 def test_a_kernel_goes_on_from_the_prebuilt_app_only_for_the_argv_it_was_built_for() -> None:

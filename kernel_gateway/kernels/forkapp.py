@@ -81,9 +81,10 @@ def connection_file(argv: list[str], prebuilt: list[str] | None) -> str | None:
 
 def prebuild_shell() -> bool:
     """The kernels' IPython shell, built once in the zygote as IPythonKernel builds it (~10 of the ~30 ms of CPU a
-    forked kernel spent initialising: traitlets, magics, prefilters, completer, display formatters); each kernel
-    adopts it (``_adopting``), so its pages are shared too. Only with IPython's history off, as the kernels'
-    argv says: otherwise the shell starts a saving thread, and the zygote must stay single-threaded."""
+    forked kernel spent initialising: traitlets, magics, prefilters, completer, display formatters, IPython's
+    default extensions); each kernel adopts it (``_adopting``), so its pages are shared too. Only with IPython's
+    history off, as the kernels' argv says: otherwise the shell starts a saving thread, and the zygote must stay
+    single-threaded."""
     from ipykernel.compiler import XCachingCompiler
     from ipykernel.ipkernel import IPythonKernel
     from ipykernel.kernelapp import IPKernelApp
@@ -102,6 +103,13 @@ def prebuild_shell() -> bool:
         )  # fmt: skip
         if shell.display_formatter is not None:  # its formatters are made on first use: every kernel's first result
             shell.display_formatter.formatters  # noqa: B018
+        # IPython's default extensions (storemagic: its magics registered, ~1.4 ms of a kernel's CPU): each
+        # kernel's init_extensions finds them loaded. Not when storemagic would read the profile's store at load
+        # (autorestore): each kernel's profile is its own.
+        extensions = shell.extension_manager
+        if extensions is not None and not Bool().from_string(str(app.config.StoreMagics.get("autorestore", False))):
+            for name in app.default_extensions:
+                extensions.load_extension(name)
     except Exception:  # each kernel builds its own, as without a zygote
         ZMQInteractiveShell.clear_instance()
         return False

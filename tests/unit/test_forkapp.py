@@ -19,6 +19,7 @@ from kernel_gateway.kernels.launch import IPYKERNEL_ARGUMENTS
 
 assert forkapp.prebuild_app(IPYKERNEL_ARGUMENTS) and forkapp.prebuild_shell()
 app, built = IPKernelApp.instance(), ZMQInteractiveShell.instance()
+assert "IPython.extensions.storemagic" in built.extension_manager.loaded  # IPython's default extension, once
 os.environ.pop("PAGER", None)  # a kernel's environment is its own, not the zygote's
 os.chdir("/")
 ask = dict(profile_dir=app.profile_dir, user_module=None, user_ns=None, compiler_class=XCachingCompiler)
