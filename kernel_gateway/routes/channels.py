@@ -45,7 +45,7 @@ BATCH_MESSAGES = 64
 BATCH_BYTES = 1024 * 1024
 """At most this much goes to the socket in one write (at least one message, however big)."""
 COALESCE_BUSY = 0.002
-"""Seconds a lone ``status: busy`` waits for the rest of its cell's first messages before it is written."""
+"""Seconds a cell's ``status: busy`` (then its ``execute_input``) waits for what follows before it is written."""
 
 
 class ConnectionState(enum.Enum):
@@ -65,8 +65,9 @@ class ChannelConnection:
     slow client stalls only itself, and is dropped when it falls too far behind.
 
     The writer takes everything queued when it wakes (a cell's reply and idle are released together) and,
-    where the server offers ``SEND_MANY`` (``kernel_gateway.wsserver``), sends it in one write. A cell's lone
-    ``status: busy`` waits up to ``COALESCE_BUSY`` for what follows it (its execute_input, a quick result).
+    where the server offers ``SEND_MANY`` (``kernel_gateway.wsserver``), sends it in one write. A cell's
+    ``status: busy`` and ``execute_input``, last in the queue, wait up to ``COALESCE_BUSY`` each for what follows
+    them (the execute_input, a quick cell's result).
     """
 
     def __init__(
@@ -189,9 +190,11 @@ class ChannelConnection:
                     return  # closing, and everything queued before the close went out
                 await self._more()
                 continue
-            if len(queue) == 1 and self.state is ConnectionState.OPEN and opens_cell(queue[0][0]):
-                # A cell's busy comes a fraction of a millisecond before its execute_input (and a quick cell's
-                # result): waiting that long for them makes one write of what would be two or three.
+            # A cell's busy comes a fraction of a millisecond before its execute_input, and a quick cell's result
+            # as soon after that: waiting that long for them makes one write of what would be two or three.
+            for _ in range(2):
+                if self.state is not ConnectionState.OPEN or not opens_cell(queue[-1][0]):
+                    break
                 await self._more(COALESCE_BUSY)
             frames = [self._frame(msg) for msg in self._take()]
             self.last_traffic = time.monotonic()
@@ -242,8 +245,11 @@ class ChannelConnection:
 
 
 def opens_cell(msg: KernelMessage) -> bool:
-    """A kernel's ``status: busy``: more of the same cell follows at once."""
-    return msg.channel is Channel.IOPUB and msg.msg_type == "status" and msg.content.get("execution_state") == "busy"
+    """A kernel's ``status: busy`` or ``execute_input``: more of the same cell follows at once."""
+    if msg.channel is not Channel.IOPUB:
+        return False
+    kind = msg.msg_type
+    return kind == "execute_input" or (kind == "status" and msg.content.get("execution_state") == "busy")
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -136,7 +136,9 @@ def _connection(ws: _Socket) -> ChannelConnection:
 
 
 @pytest.mark.parametrize("direct", [True, False])
-async def test_a_cells_busy_goes_out_with_what_follows_it(direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cells_busy_and_input_go_out_with_what_follows_them(
+    direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(channels, "COALESCE_BUSY", 3600.0)  # only what follows ends the wait, in this test
     ws = _Socket(direct)
     conn = _connection(ws)
@@ -146,8 +148,12 @@ async def test_a_cells_busy_goes_out_with_what_follows_it(direct: bool, monkeypa
         await asyncio.sleep(0)  # the writer has had its turns, and holds the busy
     assert ws.writes == ws.sends == []
     conn.deliver(_iopub("execute_input", {"code": "1+1", "execution_count": 1}, 2))
+    for _ in range(5):
+        await asyncio.sleep(0)  # and then the execute_input, for the result
+    assert ws.writes == ws.sends == []
+    conn.deliver(_iopub("execute_result", {"data": {"text/plain": "2"}, "execution_count": 1}, 3))
     await wait_for(lambda: ws.writes or ws.sends)
-    assert [len(frames) for frames in (ws.writes if direct else ws.sends)] == [2]
+    assert [len(frames) for frames in (ws.writes if direct else ws.sends)] == [3]
     assert ws.sends == [] if direct else ws.writes == []
     conn.close_soon(1000, "")
     await asyncio.wait_for(writer, GUARD)
