@@ -122,7 +122,8 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
-            log.warning("kernel's %s channel closed: %s", self.channel.value, exc or "end of stream")
+            # The kernel's process ended (its liveness check tells the session) or it dropped us.
+            log.info("kernel's %s channel closed: %s", self.channel.value, exc or "end of stream")
         self.closed = True
         self.open = False
         self.transport = None
