@@ -46,17 +46,21 @@ class KernelMessage:
     buffers: list[bytes] = field(default_factory=list)
     raw: list[bytes] | None = None
 
+    # Read several times per message on the relay's path: a str is returned as it is (no str() call).
     @property
     def msg_type(self) -> str:
-        return str(self.header.get("msg_type", ""))
+        kind = self.header.get("msg_type", "")
+        return kind if type(kind) is str else str(kind)
 
     @property
     def msg_id(self) -> str:
-        return str(self.header.get("msg_id", ""))
+        ident = self.header.get("msg_id", "")
+        return ident if type(ident) is str else str(ident)
 
     @property
     def parent_id(self) -> str:
-        return str(self.parent_header.get("msg_id", ""))
+        ident = self.parent_header.get("msg_id", "")
+        return ident if type(ident) is str else str(ident)
 
 
 class Subscriber(Protocol):

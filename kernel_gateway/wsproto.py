@@ -22,6 +22,8 @@ _EXECUTE_FIELDS: dict[str, type] = {
     "silent": bool, "store_history": bool, "allow_stdin": bool, "stop_on_error": bool, "user_expressions": dict
 }  # fmt: skip
 _MAX_PARTS = 1024
+_CHANNELS = {c.value: c for c in Channel}  # a dict lookup, not the enum's call
+_CHANNEL_JSON = {c: f'"{c.value}"}}'.encode() for c in Channel}  # a frame's tail, not the enum's value each time
 
 
 class ProtocolError(ValueError):
@@ -31,10 +33,9 @@ class ProtocolError(ValueError):
 def _message(
     channel: Any, header: Any, parent: Any, metadata: Any, content: Any, buffers: list[bytes]
 ) -> KernelMessage:
-    try:
-        ch = Channel(channel)
-    except ValueError:
-        raise ProtocolError(f"unknown channel {channel!r}") from None
+    ch = _CHANNELS.get(channel) if isinstance(channel, str) else None
+    if ch is None:
+        raise ProtocolError(f"unknown channel {channel!r}")
     if ch not in _FROM_CLIENT:
         raise ProtocolError(f"clients may not send on {ch.value}")
     if not isinstance(header, dict) or not header.get("msg_id") or not header.get("msg_type"):
@@ -134,7 +135,7 @@ def encode_json_payload(msg: KernelMessage) -> tuple[bool, bytes]:
             b',"parent_header":', parent,
             b',"metadata":', metadata,
             b',"content":', content,
-            b',"buffers":[],"channel":"', msg.channel.value.encode(), b'"}',
+            b',"buffers":[],"channel":', _CHANNEL_JSON[msg.channel],
         )
     )  # fmt: skip
     if not msg.buffers:

@@ -204,13 +204,14 @@ class Kernel:
         msg = self._decode(channel, frames)
         if msg is None:
             return
+        parent = msg.parent_id
         if channel is Channel.IOPUB:
             self._iopub_seen.set()
-            if msg.parent_id in self._internal:
+            if parent in self._internal:
                 if msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
-                    self._internal.discard(msg.parent_id)
+                    self._internal.discard(parent)
                 return
-        fut = self._calls.get(msg.parent_id)
+        fut = self._calls.get(parent)
         if fut is not None and channel is not Channel.IOPUB:
             if not fut.done():
                 fut.set_result(msg)
