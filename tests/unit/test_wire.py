@@ -72,6 +72,24 @@ async def test_iopub_subscribes_to_everything_and_a_closed_wire_stops_reading(tm
         ctx.term()
 
 
+async def test_a_kernel_on_tcp_is_reached_the_same_way() -> None:
+    ctx = zmq.Context()
+    kernel_side = ctx.socket(zmq.ROUTER)
+    port = kernel_side.bind_to_random_port("tcp://127.0.0.1")
+    got: list[list[bytes]] = []
+    wire = Wire({Channel.CONTROL: Endpoint.of("tcp", "127.0.0.1", port)}, b"svc", lambda c, f: got.append(f))
+    try:
+        wire.send(Channel.CONTROL, [b"ping"])
+        await wait_for(lambda: kernel_side.poll(0))
+        assert kernel_side.recv_multipart() == [b"svc", b"ping"]
+        kernel_side.send_multipart([b"svc", b"pong"])
+        await wait_for(lambda: got == [[b"pong"]])
+    finally:
+        wire.close()
+        kernel_side.close(linger=0)
+        ctx.term()
+
+
 class _Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
