@@ -246,15 +246,16 @@ class KernelFactory:
         if code:
             await run_in_kernel(kernel, code, _ENV_CALL_TIMEOUT)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """The zygote stopped and waited for (a start under way cancelled and waited for too: its process is
+        killed and reaped while the loop still runs), then the ZMQ context."""
+        task, self._zygote = self._zygote, None
+        if task is not None:
+            task.cancel()  # nothing if it is done
+            (zygote,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(zygote, ZygoteClient):
+                await zygote.close()
         self.context.destroy(linger=0)
-        if self._zygote is not None:
-            if self._zygote.done() and not self._zygote.cancelled() and self._zygote.result() is not None:
-                zygote = self._zygote.result()
-                assert zygote is not None
-                zygote.kill()
-            else:
-                self._zygote.cancel()
 
 
 def fork_kernels(launch: str, sandbox: Sandbox) -> bool:

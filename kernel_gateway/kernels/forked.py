@@ -23,6 +23,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 log = logging.getLogger(__name__)
 
 _LINE_LIMIT = 1 << 20
+_CLOSE_TIMEOUT = 10.0
 
 
 class ZygoteGone(RuntimeError):
@@ -117,8 +118,7 @@ class ZygoteClient:
             if not ready.get("ready"):
                 raise ZygoteGone(f"the kernel zygote did not start (exit {await proc.wait()})")
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _end(proc)
             await proc.wait()
             raise
         return cls(proc, ready)
@@ -233,19 +233,29 @@ class ZygoteClient:
     def kill(self) -> None:
         """Stop the zygote at once; its kernels die with it (parent-death signal)."""
         self._closing = True
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+        _end(self.proc)
 
     async def close(self) -> None:
-        self._closing = True
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+        """Stop the zygote and wait until its pipes are closed. Left to the garbage collector, a subprocess
+        transport closes them through its event loop, which may be closed by then: an unraisable error (under
+        pytest, one whose report re-entered an AST build and failed an unrelated test on Python 3.11)."""
+        self.kill()
         await self.proc.wait()
+        # Its stdout ends once the zygote is gone (its kernels die with it): the reader sees the end, and the
+        # transport closes itself with its last pipe.
+        await asyncio.wait({self._reader}, timeout=_CLOSE_TIMEOUT)
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kill the zygote and close our end of its stdin (the transport closes once every pipe and the process
+    have ended)."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 class ForkProvisioner(LocalProvisioner):

@@ -131,4 +131,4 @@ class KernelSupply:
             self._expiry.cancel()
             await asyncio.gather(self._expiry, return_exceptions=True)
         await self.pool.close()
-        self.factory.close()
+        await self.factory.close()
