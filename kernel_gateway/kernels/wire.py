@@ -37,6 +37,9 @@ _SIZE = struct.Struct("!Q")
 _RETRY_FIRST, _RETRY_MAX = 0.005, 0.1
 MAX_QUEUED = 256 * 1024**2
 """Bytes a channel may hold unsent (a kernel not reading); past it messages are dropped, not the loop blocked."""
+MAX_MESSAGE = 256 * 1024**2
+"""The largest kernel message taken (four times what a WebSocket relays): a kernel that sends a bigger one
+loses the channel, as it would otherwise make the service buffer whatever size it announces."""
 
 
 def signer(key: bytes, digestmod: Any) -> Signer | None:
@@ -115,6 +118,7 @@ class Link(asyncio.Protocol):
         self._have = 0
         self._need = _GREETING_SIZE
         self._frames: list[bytes] = []  # the frames of a message not yet whole
+        self._frames_size = 0  # their bytes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -176,6 +180,12 @@ class Link(asyncio.Protocol):
             else:
                 size = data[pos + 1]
                 start = pos + 2
+            if size > MAX_MESSAGE - self._frames_size:
+                log.warning("kernel's %s channel: a message of more than %d bytes; channel closed",
+                            self.channel.value, MAX_MESSAGE)  # fmt: skip
+                self._frames, self._chunks, self._frames_size = [], [], 0
+                self.close()
+                return
             stop = start + size
             if stop > end:
                 need = stop - pos
@@ -187,7 +197,9 @@ class Link(asyncio.Protocol):
                     return
                 continue
             frames.append(data[start:stop])
+            self._frames_size += size
             if not flags & _MORE:
+                self._frames_size = 0
                 try:
                     self._receive(self.channel, frames)
                 except Exception:

@@ -11,6 +11,7 @@ import pytest
 import zmq
 from jupyter_client.session import DELIM, Session
 
+from kernel_gateway.kernels import wire
 from kernel_gateway.kernels.kernel import Kernel
 from kernel_gateway.kernels.wire import GREETING, Endpoint, Link, Wire, encode, signer
 from kernel_gateway.types import Channel
@@ -124,6 +125,23 @@ def test_frames_are_cut_the_same_however_the_bytes_arrive(piece: int) -> None:
         link.data_received(stream[i : i + piece])
     assert got == messages
     assert link.open and transport.written[1:] == [encode([b"early"])]
+
+
+@pytest.mark.parametrize("parts", [[b"x" * 40], [b"x" * 20, b"y" * 20], [b"a"] * 40])
+def test_a_kernel_message_bigger_than_the_limit_closes_its_channel_before_it_is_buffered(
+    parts: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "MAX_MESSAGE", 32)
+    got: list[list[bytes]] = []
+    link = Link(Channel.IOPUB, b"SUB", b"", lambda c, frames: got.append(frames))
+    transport = _Transport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.data_received(_peer_hello() + encode([b"x" * 32]) + encode([b"a"] * 32))  # at the limit: taken
+    assert len(got) == 2 and not link.closed
+    message = encode(parts)
+    link.data_received(message[: len(message) - 1])  # its last byte never comes: refused on what it announces
+    assert link.closed and transport.aborted and len(got) == 2
+    assert link._frames == [] and link._chunks == []  # nothing of it kept
 
 
 def test_a_peer_without_the_null_mechanism_is_left() -> None:
