@@ -14,6 +14,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+import zmq
+import zmq.asyncio
+
 from notebook_state.checkpoint import Checkpointer, run_in_kernel
 
 from ..types import ManagerSettings
@@ -22,12 +25,12 @@ from .kernel import Kernel, KernelStartFailed
 from .launch import IPYKERNEL_ARGUMENTS, kernel_environment, start_kernel
 from .options import sandbox_options
 from .sandbox import Sandbox, SandboxKind, SandboxOptions, UidPool, detect, needed_paths
-from .wire import kernel_context
 
 log = logging.getLogger(__name__)
 
 _ENV_CALL_TIMEOUT = 10.0
 _FORK_FAILURES = 3
+_RECONNECT_MS = 5
 _ZYGOTE_RESTARTS = 3
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -44,7 +47,10 @@ class KernelFactory:
         self.env_prefix = env_prefix
         self.checkpointer = checkpointer
         checkpointer.max_handover_bytes = int(settings.checkpoint_max_bytes)
-        self.context = kernel_context()
+        self.context = zmq.asyncio.Context()
+        # The service connects before a new kernel has bound its sockets; zmq then retries every 100 ms by
+        # default, which was most of a forked kernel's start. Unix sockets on this host: retrying is cheap.
+        self.context.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
         self.memory_limits: MemoryLimits = lambda tenant: int(settings.kernel_memory_limit)
         self._options = sandbox_options(settings)
         self._sandbox: Sandbox | None = None

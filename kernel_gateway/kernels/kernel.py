@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import zmq
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM
 
@@ -27,7 +26,7 @@ from notebook_state.errors import StateError
 
 from ..types import Channel, JSONDict, KernelListener, KernelMessage
 from .memory_guard import MEMORY_EXIT
-from .wire import Signer, Wire, signer
+from .wire import Endpoint, Signer, Wire, signer
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +88,10 @@ class Kernel:
             async with asyncio.timeout(timeout):
                 await self.km.start_kernel(**launch)
             self._sign = signer(self._session.key, self._session.digest_mod)
-            identity = self._session.bsession
-            sockets: dict[Channel, zmq.Socket[Any]] = {
-                Channel.SHELL: self.km.connect_shell(identity=identity),
-                Channel.STDIN: self.km.connect_stdin(identity=identity),
-                Channel.CONTROL: self.km.connect_control(identity=identity),
-                Channel.IOPUB: self.km.connect_iopub(),
-            }
-            self._wire = Wire(sockets, self._receive)
+            km = self.km
+            # Where jupyter_client's own sockets would connect (its connection info), one channel each.
+            endpoints = {c: Endpoint.of(km.transport, km.ip, getattr(km, f"{c.value}_port")) for c in Channel}
+            self._wire = Wire(endpoints, self._session.bsession, self._receive)
             self._tasks = [asyncio.get_running_loop().create_task(self._watch_liveness())]
             async with asyncio.timeout(timeout):
                 await self._wait_ready()

@@ -1,5 +1,4 @@
-"""A kernel's sockets read straight from their file descriptors (``kernels.wire``), against real ZMQ peers; and
-how a kernel message is taken (signature, shape)."""
+"""A kernel's channels spoken as ZMTP by asyncio (``kernels.wire``), against real libzmq peers."""
 
 from __future__ import annotations
 
@@ -10,12 +9,11 @@ from typing import Any
 
 import pytest
 import zmq
-import zmq.asyncio
 from jupyter_client.session import DELIM, Session
 
-from kernel_gateway.kernels import wire as wire_module
+from kernel_gateway.kernels import wire
 from kernel_gateway.kernels.kernel import Kernel
-from kernel_gateway.kernels.wire import Wire, kernel_context, signer
+from kernel_gateway.kernels.wire import GREETING, Endpoint, Link, Wire, encode, signer
 from kernel_gateway.types import Channel
 
 
@@ -25,110 +23,133 @@ async def wait_for(condition: Any, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_every_message_arrives_in_order_past_a_batch(tmp_path: Path) -> None:
-    ctx = zmq.asyncio.Context()
-    kernel_side = zmq.Context.shadow(ctx.underlying).socket(zmq.ROUTER)
-    kernel_side.bind(f"ipc://{tmp_path}/shell")
-    ours = ctx.socket(zmq.DEALER)
-    ours.setsockopt(zmq.IDENTITY, b"svc")
-    ours.connect(f"ipc://{tmp_path}/shell")
+async def test_every_message_arrives_in_order_and_sends_wait_for_the_kernel(tmp_path: Path) -> None:
+    ctx = zmq.Context()
     got: list[list[bytes]] = []
-    wire = Wire({Channel.SHELL: ours}, lambda channel, frames: got.append(frames))
+    # The wire starts before the kernel has bound its socket: it retries, and what it sends meanwhile waits.
+    wire = Wire({Channel.SHELL: Endpoint.of("ipc", f"{tmp_path}/k", 1)}, b"svc", lambda c, frames: got.append(frames))
+    kernel_side = ctx.socket(zmq.ROUTER)
     try:
         wire.send(Channel.SHELL, [b"hello"])
+        kernel_side.bind(f"ipc://{tmp_path}/k-1")
         await wait_for(lambda: kernel_side.poll(0))
         ident, body = kernel_side.recv_multipart()
-        assert (ident, body) == (b"svc", b"hello")
-        wire.send(Channel.SHELL, [b"<IDS|MSG>", b"", memoryview(b"buffer"), b"last"])  # one message, every frame
+        assert (ident, body) == (b"svc", b"hello")  # the identity the stdin channel shares
+        big = bytes(range(256)) * 4096  # 1 MiB: long frames, read in many pieces
+        wire.send(Channel.SHELL, [b"<IDS|MSG>", b"", memoryview(b"buffer"), big, b"last"])  # one message
         await wait_for(lambda: kernel_side.poll(0))
-        assert kernel_side.recv_multipart() == [b"svc", b"<IDS|MSG>", b"", b"buffer", b"last"]
-        # More than one batch at once: the wire reads them all, in order, giving the loop a turn in between.
+        assert kernel_side.recv_multipart() == [b"svc", b"<IDS|MSG>", b"", b"buffer", big, b"last"]
         for n in range(300):
-            kernel_side.send_multipart([b"svc", str(n).encode()])
-        await wait_for(lambda: len(got) == 300)
-        assert [int(frames[0]) for frames in got] == list(range(300))
-        # A reply that arrives while we send is not missed (the socket's FD is edge-triggered).
-        kernel_side.send_multipart([b"svc", b"late"])
-        wire.send(Channel.SHELL, [b"again"])
+            kernel_side.send_multipart([b"svc", str(n).encode(), b"x" * n])
+        kernel_side.send_multipart([b"svc", big, b""])
         await wait_for(lambda: len(got) == 301)
-        assert got[-1] == [b"late"]
+        assert [frames for frames in got[:300]] == [[str(n).encode(), b"x" * n] for n in range(300)]
+        assert got[300] == [big, b""]
     finally:
         wire.close()
         kernel_side.close(linger=0)
         ctx.term()
 
 
-async def test_a_closed_wire_stops_reading(tmp_path: Path) -> None:
-    ctx = zmq.asyncio.Context()
-    pub = zmq.Context.shadow(ctx.underlying).socket(zmq.PUB)
-    pub.bind(f"ipc://{tmp_path}/iopub")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"ipc://{tmp_path}/iopub")
+async def test_iopub_subscribes_to_everything_and_a_closed_wire_stops_reading(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)  # as ipykernel's iopub
+    pub.bind(f"ipc://{tmp_path}/k-2")
     got: list[list[bytes]] = []
-    wire = Wire({Channel.IOPUB: sub}, lambda channel, frames: got.append(frames))
+    wire = Wire({Channel.IOPUB: Endpoint.of("ipc", f"{tmp_path}/k", 2)}, b"svc", lambda c, frames: got.append(frames))
     try:
-        async with asyncio.timeout(30):
-            while not got:  # a SUB socket drops what is published before its subscription arrives
-                pub.send_multipart([b"status"])
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: pub.poll(0))
+        assert pub.recv_multipart() == [b"\x01"]  # subscribed to every topic
+        pub.send_multipart([b"kernel.status", b"<IDS|MSG>", b"{}"])
+        await wait_for(lambda: len(got) == 1)
+        assert got == [[b"kernel.status", b"<IDS|MSG>", b"{}"]]
         wire.close()
-        assert sub.closed
+        assert not wire.connected()
+        await wait_for(lambda: pub.poll(0))
+        assert pub.recv_multipart() == [b"\x00"]  # libzmq's unsubscribe: the connection is gone
     finally:
         wire.close()
         pub.close(linger=0)
         ctx.term()
 
 
-@pytest.mark.timeout(60)  # the old send waited for the kernel: the event loop, every session of the replica, stood
-async def test_a_kernel_that_does_not_read_loses_messages_past_its_queue_not_the_loop(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    ctx = kernel_context()
-    kernel_side = zmq.Context.shadow(ctx.underlying).socket(zmq.ROUTER)
-    kernel_side.setsockopt(zmq.RCVHWM, 4)
-    kernel_side.bind(f"ipc://{tmp_path}/shell")  # and never read
-    ours = ctx.socket(zmq.DEALER)
-    ours.setsockopt(zmq.SNDHWM, 4)
-    ours.connect(f"ipc://{tmp_path}/shell")
-    wire = Wire({Channel.SHELL: ours}, lambda channel, frames: None)
+async def test_a_kernel_on_tcp_is_reached_the_same_way() -> None:
+    ctx = zmq.Context()
+    kernel_side = ctx.socket(zmq.ROUTER)
+    port = kernel_side.bind_to_random_port("tcp://127.0.0.1")
+    got: list[list[bytes]] = []
+    wire = Wire({Channel.CONTROL: Endpoint.of("tcp", "127.0.0.1", port)}, b"svc", lambda c, f: got.append(f))
     try:
-        with caplog.at_level("WARNING"):
-            for _ in range(200):  # 12.5 MiB: more than the queues and the socket's buffers hold
-                wire.send(Channel.SHELL, [bytes(64 * 1024)])
-        assert "message dropped" in caplog.text
+        wire.send(Channel.CONTROL, [b"ping"])
+        await wait_for(lambda: kernel_side.poll(0))
+        assert kernel_side.recv_multipart() == [b"svc", b"ping"]
+        kernel_side.send_multipart([b"svc", b"pong"])
+        await wait_for(lambda: got == [[b"pong"]])
     finally:
         wire.close()
         kernel_side.close(linger=0)
-        ctx.destroy(linger=0)
+        ctx.term()
 
 
-async def test_a_kernel_message_bigger_than_the_limit_closes_its_channel_unread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(wire_module, "MAX_MESSAGE", 1024)
-    ctx = kernel_context()
-    pub = zmq.Context.shadow(ctx.underlying).socket(zmq.PUB)
-    pub.bind(f"ipc://{tmp_path}/iopub")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    events = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    sub.connect(f"ipc://{tmp_path}/iopub")
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _peer_hello(mechanism: bytes = b"NULL") -> bytes:
+    ready = b"\x05READY" + bytes((11,)) + b"Socket-Type" + (6).to_bytes(4, "big") + b"ROUTER"
+    return GREETING[:12] + mechanism.ljust(20, b"\x00") + GREETING[32:] + bytes((4, len(ready))) + ready
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 100_000])
+def test_frames_are_cut_the_same_however_the_bytes_arrive(piece: int) -> None:
     got: list[list[bytes]] = []
-    wire = Wire({Channel.IOPUB: sub}, lambda channel, frames: got.append(frames))
-    try:
-        async with asyncio.timeout(30):
-            while not got:  # subscribed once a small one arrives
-                pub.send_multipart([b"small", bytes(1000)])
-                await asyncio.sleep(0.02)
-            pub.send_multipart([b"big", bytes(2048)])
-            assert (await events.recv_multipart())[1].endswith(b"/iopub")  # libzmq dropped the channel
-        assert all(frames[0] == b"small" for frames in got)
-    finally:
-        wire.close()
-        events.close(linger=0)
-        pub.close(linger=0)
-        ctx.destroy(linger=0)
+    link = Link(Channel.SHELL, b"DEALER", b"svc", lambda c, frames: got.append(frames))
+    transport = _Transport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.send(encode([b"early"]))  # before the peer's READY: held
+    assert transport.written == [link._hello]
+    messages = [[b"a"], [b"", b"b" * 300, b"c"], [bytes(70_000)], [b"d", b""]]
+    stream = _peer_hello() + b"".join(encode(m) for m in messages)
+    for i in range(0, len(stream), piece):
+        link.data_received(stream[i : i + piece])
+    assert got == messages
+    assert link.open and transport.written[1:] == [encode([b"early"])]
+
+
+@pytest.mark.parametrize("parts", [[b"x" * 40], [b"x" * 20, b"y" * 20], [b"a"] * 40])
+def test_a_kernel_message_bigger_than_the_limit_closes_its_channel_before_it_is_buffered(
+    parts: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "MAX_MESSAGE", 32)
+    got: list[list[bytes]] = []
+    link = Link(Channel.IOPUB, b"SUB", b"", lambda c, frames: got.append(frames))
+    transport = _Transport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.data_received(_peer_hello() + encode([b"x" * 32]) + encode([b"a"] * 32))  # at the limit: taken
+    assert len(got) == 2 and not link.closed
+    message = encode(parts)
+    link.data_received(message[: len(message) - 1])  # its last byte never comes: refused on what it announces
+    assert link.closed and transport.aborted and len(got) == 2
+    assert link._frames == [] and link._chunks == []  # nothing of it kept
+
+
+def test_a_peer_without_the_null_mechanism_is_left() -> None:
+    link = Link(Channel.SHELL, b"DEALER", b"svc", lambda c, frames: None)
+    transport = _Transport()
+    link.connection_made(transport)  # type: ignore[arg-type]
+    link.data_received(_peer_hello(b"CURVE"))
+    assert transport.aborted and link.closed and not link.open
 
 
 @pytest.mark.parametrize("scheme", ["hmac-sha256", "hmac-sha512", "hmac-md5"])
