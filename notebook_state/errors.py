@@ -12,13 +12,19 @@ class StateError(Exception):
 
 
 class LeaseLost(StateError):
-    """Another owner holds the session now (its epoch moved): this owner's commits are fenced off."""
+    """Another owner holds the session now (its epoch moved): this owner's commits are fenced off.
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(
-            f"session {session_id!r} is now owned by another replica; this cell's effects were not committed"
+    ``cell`` says what became of the request's cell: ``not run``, ``not saved`` (nothing of this owner's since
+    its last acknowledged commit landed), or ``unknown`` when a commit was sent and its answer lost before the
+    fence refused the next one: that commit may have landed, and the new owner resumed from it."""
+
+    def __init__(self, session_id: str, cell: str = "not saved") -> None:
+        fate = {"not run": "this cell did not run", "not saved": "this cell's effects were not committed"}.get(
+            cell, "this cell's effects may have been committed (a commit's answer was lost)"
         )
+        super().__init__(f"session {session_id!r} is now owned by another replica; {fate}")
         self.session_id = session_id
+        self.details = {"cell": cell}
 
 
 class CheckpointError(Exception):

@@ -43,14 +43,21 @@ class Persistence:
     async def after_cell(self, kernel: KernelLink) -> CheckpointOutcome:
         """Capture what the cell changed and commit it; LeaseLost if another replica owns the session now."""
         if self.lost:
-            raise LeaseLost(self.session_id)
+            raise LeaseLost(self.session_id, cell=self.lost_cell)
         try:
             return await self.checkpointer.capture(
                 self.session_id, kernel, self.fence, self.state, self.record, self.may_commit
             )
         except StaleEpoch as exc:
             self.lost = True
-            raise LeaseLost(self.session_id) from exc
+            raise LeaseLost(self.session_id, cell=self.lost_cell) from exc
+
+    @property
+    def lost_cell(self) -> str:
+        """What became of a cell that ran here once the lease was lost: a commit sent earlier whose answer was
+        lost may have landed before the new owner took over (and resumed from it), so sending the cell again
+        could run it twice."""
+        return "unknown" if self.state.uncertain else "not saved"
 
     async def restore(self, kernel: KernelLink) -> RestoreReport | None:
         """Load the last committed checkpoint into a fresh kernel of this session."""

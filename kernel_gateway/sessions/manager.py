@@ -260,7 +260,7 @@ class SessionManager:
         if session.lease is not None and not session.lease.valid():
             await self.drop(session, release=False)
             if session.lease.lost:
-                raise LeaseLost(session.id)
+                raise LeaseLost(session.id, cell="not run")
             raise LeaseUncertain(session.id)
         self.sessions[session.id] = session
 

@@ -59,7 +59,7 @@ async def run_rest_cell(
             session.unroute(msg.msg_id)
             session.last_activity = time.time()
         if session.persistence is not None and session.persistence.lost:
-            raise LeaseLost(session.id)
+            raise LeaseLost(session.id, cell=session.persistence.lost_cell)
         committed = isinstance(outcome, CheckpointOutcome) and outcome.status is CheckpointStatus.COMMITTED
         if not committed and session.refusal() is not None:
             # The lease lapsed while the cell ran: its kernel is dropped here with whatever it did, and this
