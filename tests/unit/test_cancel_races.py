@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,18 +30,10 @@ from kernel_gateway.sessions.execution import CellRun, ExecutionStatus
 from kernel_gateway.sessions.rest_cell import _await_cell
 from kernel_gateway.types import Channel, KernelMessage
 from notebook_state import handover
+from tests.kernel_process import alive
+from tests.unit.stub_kernel import StubKernel
 
 GUARD = 30.0  # seconds: a close that has not returned by then never will (the hang this file is about)
-
-
-class _Kernel:
-    state = KernelState.READY
-
-    def __init__(self) -> None:
-        self.shut_down = False
-
-    async def shutdown(self, now: bool = False) -> None:
-        self.shut_down = True
 
 
 class _GatedStarter:
@@ -50,7 +41,7 @@ class _GatedStarter:
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()
-        self.gate: asyncio.Future[_Kernel] = asyncio.get_running_loop().create_future()
+        self.gate: asyncio.Future[StubKernel] = asyncio.get_running_loop().create_future()
         self.starts = 0
 
     async def __call__(self, name: str, env: Mapping[str, str] | None) -> Any:
@@ -70,7 +61,7 @@ async def test_close_as_a_start_finishes_stops_the_filler_and_shuts_that_kernel_
     pool.start()
     await asyncio.wait_for(starter.entered.wait(), GUARD)
     closing = asyncio.get_running_loop().create_task(pool.close())  # its first step runs before...
-    kernel = _Kernel()
+    kernel = StubKernel()
     starter.gate.set_result(kernel)  # ...the start's result reaches the filler: the cancel meets a finished start
     assert await _closed_within_guard(closing)
     assert kernel.shut_down
@@ -309,16 +300,7 @@ async def test_a_sandbox_probe_cancelled_while_it_runs_is_killed(tmp_path: Path)
     (outcome,) = await asyncio.gather(probe, return_exceptions=True)
     assert isinstance(outcome, asyncio.CancelledError)
     for _ in range(600):  # killed, then reaped by the child watcher
-        if not _running(pid):
+        if not alive(pid):
             break
         await asyncio.sleep(0.05)
-    assert not _running(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
+    assert not alive(pid)

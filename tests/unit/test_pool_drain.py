@@ -14,24 +14,14 @@ from typing import Any
 
 import pytest
 
-from kernel_gateway.kernels.kernel import KernelState
 from kernel_gateway.kernels.pool import KernelPool
 from kernel_gateway.replica import open_replica
 from kernel_gateway.sessions.errors import Draining
 from kernel_gateway.settings import Settings
 from notebook_state.store import SessionRecord
+from tests.unit.stub_kernel import StubKernel
 
 GUARD = 30.0  # seconds: a stop that has not returned by then never will
-
-
-class _Kernel:
-    state = KernelState.READY
-
-    def __init__(self) -> None:
-        self.shut_down = False
-
-    async def shutdown(self, now: bool = False) -> None:
-        self.shut_down = True
 
 
 class _Starter:
@@ -39,7 +29,7 @@ class _Starter:
     ``wait_for``, as a real start's steps are: a start that finished in the turn of a cancel returns its kernel."""
 
     def __init__(self) -> None:
-        self.starts: list[asyncio.Future[_Kernel]] = []
+        self.starts: list[asyncio.Future[StubKernel]] = []
 
     async def __call__(self, name: str, env: Mapping[str, str] | None, *args: Any, **kwargs: Any) -> Any:
         self.starts.append(asyncio.get_running_loop().create_future())
@@ -58,7 +48,7 @@ async def test_stop_filling_cancels_the_start_under_way_and_keeps_the_ready_kern
     pool = KernelPool(starter, "python3", 2)
     pool.start()
     await starter.started(1)
-    kept = _Kernel()
+    kept = StubKernel()
     starter.starts[0].set_result(kept)
     await starter.started(2)
     await asyncio.wait_for(pool.stop_filling(), GUARD)
@@ -77,7 +67,7 @@ async def test_stop_filling_as_a_start_finishes_keeps_that_kernel_and_starts_no_
     pool.start()
     await starter.started(1)
     stopping = asyncio.get_running_loop().create_task(pool.stop_filling())  # its first step runs before...
-    kernel = _Kernel()
+    kernel = StubKernel()
     starter.starts[0].set_result(kernel)  # ...the start's result reaches the filler: the cancel meets it
     await asyncio.wait({stopping}, timeout=GUARD)
     assert stopping.done()
