@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import time
 from collections import deque
@@ -44,8 +45,9 @@ CLOSE_TRY_AGAIN = 1013
 BATCH_MESSAGES = 64
 BATCH_BYTES = 1024 * 1024
 """At most this much goes to the socket in one write (at least one message, however big)."""
-COALESCE_BUSY = 0.002
-"""Seconds a cell's ``status: busy`` (then its ``execute_input``) waits for what follows before it is written."""
+CELL_HOLD = 0.010
+"""Seconds a cell's first messages (its ``status: busy``, ``execute_input``, outputs) may wait for the cell's end
+before they are written: a quick cell goes out in one write, a longer one shows its first output this much later."""
 
 
 class ConnectionState(enum.Enum):
@@ -190,12 +192,8 @@ class ChannelConnection:
                     return  # closing, and everything queued before the close went out
                 await self._more()
                 continue
-            # A cell's busy comes a fraction of a millisecond before its execute_input, and a quick cell's result
-            # as soon after that: waiting that long for them makes one write of what would be two or three.
-            for _ in range(2):
-                if self.state is not ConnectionState.OPEN or not opens_cell(queue[-1][0]):
-                    break
-                await self._more(COALESCE_BUSY)
+            if self.state is ConnectionState.OPEN and opens_cell(queue[0][0]):
+                await self._hold_cell(queue[0][0].parent_id)
             frames = [self._frame(msg) for msg in self._take()]
             self.last_traffic = time.monotonic()
             if write is not None and write(frames):
@@ -210,17 +208,46 @@ class ChannelConnection:
                         await ws.send_text(payload.decode())
             counter.inc(len(frames))
 
-    async def _more(self, timeout: float | None = None) -> None:
-        """Wait until something is queued or the connection closes (or ``timeout`` seconds went by)."""
-        loop = asyncio.get_running_loop()
-        waiter = self._wakeup = loop.create_future()
-        timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
+    async def _hold_cell(self, cell: str) -> None:
+        """Wait, at most ``CELL_HOLD``, until the cell whose busy is the oldest queued message is over: its
+        ``status: idle`` is queued and no reply is still owed to this connection (a reply goes out before the
+        idle only when it is queued first). A quick cell's five messages then cost one write and wake the
+        frontend once, not two or three times. A write's worth of messages ends the wait sooner, and so does
+        an ``input_request`` (the cell waits for the user)."""
+        expired = False
+
+        def expire() -> None:
+            # A flag, not the loop's clock: uvloop's timers run on a millisecond clock and may fire a little
+            # before ``when()`` as ``loop.time()`` reads it.
+            nonlocal expired
+            expired = True
+            self._wake()
+
+        timer = asyncio.get_running_loop().call_later(CELL_HOLD, expire)
+        queue, routes = self._queue, self.session.frontends.routes
+        seen, idle = 0, False
+        try:
+            while not expired and self.state is ConnectionState.OPEN and len(queue) < BATCH_MESSAGES:
+                if self._queued_bytes >= BATCH_BYTES:
+                    return
+                for msg, _ in itertools.islice(queue, seen, None):
+                    if msg.channel is Channel.STDIN:
+                        return
+                    idle = idle or (closes_cell(msg) and msg.parent_id == cell)
+                seen = len(queue)
+                if idle and routes.get(cell) is not self:
+                    return
+                await self._more()
+        finally:
+            timer.cancel()
+
+    async def _more(self) -> None:
+        """Wait until something is queued or the connection closes (or the writer is woken otherwise)."""
+        waiter = self._wakeup = asyncio.get_running_loop().create_future()
         try:
             await waiter
         finally:
             self._wakeup = None
-            if timer is not None:
-                timer.cancel()
 
     def _take(self) -> list[KernelMessage]:
         """The oldest queued messages, up to one write's worth."""
@@ -245,11 +272,16 @@ class ChannelConnection:
 
 
 def opens_cell(msg: KernelMessage) -> bool:
-    """A kernel's ``status: busy`` or ``execute_input``: more of the same cell follows at once."""
+    """A kernel's ``status: busy`` or ``execute_input``: more of the same request follows."""
     if msg.channel is not Channel.IOPUB:
         return False
     kind = msg.msg_type
     return kind == "execute_input" or (kind == "status" and msg.content.get("execution_state") == "busy")
+
+
+def closes_cell(msg: KernelMessage) -> bool:
+    """A kernel's ``status: idle``: the last iopub message of its request."""
+    return msg.channel is Channel.IOPUB and msg.msg_type == "status" and msg.content.get("execution_state") == "idle"
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -18,6 +18,7 @@ from websockets.frames import Frame, Opcode
 from kernel_gateway.kernels.kernel import KernelState
 from kernel_gateway.metrics import Metrics
 from kernel_gateway.routes.channels import BATCH_MESSAGES, ChannelConnection
+from kernel_gateway.sessions.frontends import Frontends
 from kernel_gateway.sessions.session import Session
 from kernel_gateway.types import Channel, KernelMessage
 from kernel_gateway.wsproto import encode_json
@@ -116,6 +117,9 @@ class _Socket:
 
 class _Session:
     id = "s"
+
+    def __init__(self) -> None:
+        self.frontends = Frontends(1024)
 
 
 def _status(state: str, n: int = 0) -> KernelMessage:

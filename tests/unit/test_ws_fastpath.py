@@ -1,6 +1,6 @@
 """The kernel WebSocket's cheap paths: frames written at once by the protocol (no ASGI send chain) while the
-socket takes data, reading paused only once received messages pile up, and a cell's ``status: busy`` written
-together with what follows it."""
+socket takes data, reading paused only once received messages pile up, and a quick cell's messages written
+together, once it is over."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from kernel_gateway.metrics import Metrics
 from kernel_gateway.routes import channels
 from kernel_gateway.routes.channels import ChannelConnection
+from kernel_gateway.sessions.frontends import Frontends
 from kernel_gateway.types import Channel, KernelMessage
 from kernel_gateway.wsserver import PAUSE_AT, SEND_MANY, TEXT, WRITE, BatchingWebSocketProtocol
 
@@ -126,35 +127,83 @@ class _Socket:
 class _Session:
     id = "s"
 
+    def __init__(self) -> None:
+        self.frontends = Frontends(1024)
 
-def _iopub(msg_type: str, content: dict[str, Any], n: int) -> KernelMessage:
-    return KernelMessage(Channel.IOPUB, {"msg_id": f"m{n}", "msg_type": msg_type}, {"msg_id": "cell"}, {}, content)
+
+def _iopub(msg_type: str, content: dict[str, Any], n: int, cell: str = "cell") -> KernelMessage:
+    return KernelMessage(Channel.IOPUB, {"msg_id": f"m{n}", "msg_type": msg_type}, {"msg_id": cell}, {}, content)
+
+
+def _reply(n: int, cell: str = "cell") -> KernelMessage:
+    header = {"msg_id": f"m{n}", "msg_type": "execute_reply"}
+    return KernelMessage(Channel.SHELL, header, {"msg_id": cell}, {}, {"status": "ok"})
 
 
 def _connection(ws: _Socket) -> ChannelConnection:
     return ChannelConnection(ws, _Session(), False, 10_000, 0, Metrics())  # type: ignore[arg-type]
 
 
+async def _turns() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)  # the writer has had its turns
+
+
+def _written(ws: _Socket, direct: bool) -> list[int]:
+    assert ws.sends == [] if direct else ws.writes == []
+    return [len(frames) for frames in (ws.writes if direct else ws.sends)]
+
+
 @pytest.mark.parametrize("direct", [True, False])
-async def test_a_cells_busy_and_input_go_out_with_what_follows_them(
+async def test_a_quick_cell_goes_out_in_one_write_once_its_idle_and_reply_are_queued(
     direct: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(channels, "COALESCE_BUSY", 3600.0)  # only what follows ends the wait, in this test
+    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)  # only the cell's end ends the wait, in this test
     ws = _Socket(direct)
+    conn = _connection(ws)
+    conn.session.frontends.expect_reply("cell", conn)  # this connection asked: the reply is owed to it
+    writer = asyncio.get_running_loop().create_task(conn._write())
+    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+    conn.deliver(_iopub("execute_input", {"code": "1+1", "execution_count": 1}, 2))
+    conn.deliver(_iopub("execute_result", {"data": {"text/plain": "2"}, "execution_count": 1}, 3))
+    conn.deliver(_iopub("status", {"execution_state": "idle"}, 4, cell="other"))  # another request's idle
+    await _turns()
+    conn.deliver(_iopub("status", {"execution_state": "idle"}, 5))
+    await _turns()
+    assert ws.writes == ws.sends == []  # idle, but the reply is still owed
+    conn.session.frontends.dispatch(_reply(6))
+    await wait_for(lambda: ws.writes or ws.sends)
+    assert _written(ws, direct) == [6]
+    conn.close_soon(1000, "")
+    await asyncio.wait_for(writer, GUARD)
+
+
+async def test_a_cell_of_another_frontend_goes_out_at_its_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)
+    ws = _Socket(direct=True)
     conn = _connection(ws)
     writer = asyncio.get_running_loop().create_task(conn._write())
     conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
-    for _ in range(5):
-        await asyncio.sleep(0)  # the writer has had its turns, and holds the busy
-    assert ws.writes == ws.sends == []
-    conn.deliver(_iopub("execute_input", {"code": "1+1", "execution_count": 1}, 2))
-    for _ in range(5):
-        await asyncio.sleep(0)  # and then the execute_input, for the result
-    assert ws.writes == ws.sends == []
-    conn.deliver(_iopub("execute_result", {"data": {"text/plain": "2"}, "execution_count": 1}, 3))
-    await wait_for(lambda: ws.writes or ws.sends)
-    assert [len(frames) for frames in (ws.writes if direct else ws.sends)] == [3]
-    assert ws.sends == [] if direct else ws.writes == []
+    conn.deliver(_iopub("stream", {"name": "stdout", "text": "hi"}, 2))
+    await _turns()
+    assert ws.writes == []
+    conn.deliver(_iopub("status", {"execution_state": "idle"}, 3))  # no reply comes here: this is the end
+    await wait_for(lambda: ws.writes)
+    assert _written(ws, True) == [3]
+    conn.close_soon(1000, "")
+    await asyncio.wait_for(writer, GUARD)
+
+
+async def test_a_writes_worth_of_output_ends_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)
+    ws = _Socket(direct=True)
+    conn = _connection(ws)
+    writer = asyncio.get_running_loop().create_task(conn._write())
+    conn.deliver(_iopub("status", {"execution_state": "busy"}, 0))
+    for n in range(1, channels.BATCH_MESSAGES):
+        conn.deliver(_iopub("stream", {"name": "stdout", "text": f"{n}\n"}, n))
+    await wait_for(lambda: ws.writes)  # a cell that prints a lot streams it, hold or not
+    assert _written(ws, True) == [channels.BATCH_MESSAGES]
     conn.close_soon(1000, "")
     await asyncio.wait_for(writer, GUARD)
 
@@ -169,3 +218,21 @@ async def test_a_lone_busy_is_written_all_the_same() -> None:
     conn.close_soon(1000, "")  # a close does not wait for the busy's company either
     await asyncio.wait_for(writer, GUARD)
     assert [len(frames) for frames in ws.writes] == [1, 1]
+
+
+async def test_an_input_request_ends_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)
+    ws = _Socket(direct=True)
+    conn = _connection(ws)
+    conn.session.frontends.expect_reply("cell", conn)
+    writer = asyncio.get_running_loop().create_task(conn._write())
+    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+    conn.deliver(_iopub("execute_input", {"code": "input()", "execution_count": 1}, 2))
+    await _turns()
+    assert ws.writes == []
+    header = {"msg_id": "m3", "msg_type": "input_request"}
+    conn.deliver(KernelMessage(Channel.STDIN, header, {"msg_id": "cell"}, {}, {"prompt": "", "password": False}))
+    await wait_for(lambda: ws.writes)  # the cell waits for its user: the prompt goes out now
+    assert _written(ws, True) == [3]
+    conn.close_soon(1000, "")
+    await asyncio.wait_for(writer, GUARD)
