@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(
         2.0,
         gt=0,
-        description="Seconds one Redis call may take (to connect, and for each reply); at most a quarter of the "
-        "lease TTL is used, so a replica cut off from Redis learns it while its lease is still valid.",
+        description="Seconds one store call may take, all its round trips together (on a Redis Cluster, also each "
+        "reply); at most a quarter of the lease TTL is used, so a replica cut off from Redis learns it while its "
+        "lease is still valid.",
     )
     redis_wait_replicas: int = Field(
         0,

@@ -265,3 +265,30 @@ async def test_local_store_checkpoints_its_write_ahead_log(tmp_path: Path) -> No
         assert await store.load_blobs(rec.id, ["k699", "k698"]) == {"k699": [b"x" * 2048]}
     finally:
         await store.close()
+
+
+async def test_a_redis_that_stops_answering_fails_the_call_and_its_late_reply_is_not_read(tmp_path: Path) -> None:
+    """A call bounded as a whole (no socket timeout): the connection it gave up on is dropped, so the reply
+    Redis sends once it runs again never answers the next call."""
+    import signal
+
+    from notebook_state.store import StoreUnavailable
+
+    with redis_server(tmp_path) as srv:
+        store = RedisStore(srv.url, session_ttl=600, timeout=0.5)
+        try:
+            a, b = record(sid("a")), record(sid("b"))
+            assert await store.create(a) and await store.create(b)
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable, match="did not answer"):
+                    await store.get(a.id)
+            finally:
+                srv.proc.send_signal(signal.SIGCONT)
+            got = await store.get(b.id)
+            assert got is not None and got.id == b.id
+            got = await store.get(a.id)
+            assert got is not None and got.id == a.id
+        finally:
+            await store.close()

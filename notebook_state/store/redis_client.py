@@ -32,9 +32,12 @@ def cluster_url(url: str) -> tuple[str, bool]:
     return url, False
 
 
-def _options(timeout: float) -> dict[str, Any]:
+def _options(timeout: float, *, per_reply: bool = True) -> dict[str, Any]:
     return {
-        "socket_timeout": timeout,
+        # Without a socket timeout the caller bounds each call as a whole (``RedisStore._call``): redis-py's
+        # asyncio connection sends under ``asyncio.wait_for`` when it has one, a task and two more turns of the
+        # event loop per command. A cluster keeps it: redis-py's cluster client fails over on a node's timeout.
+        "socket_timeout": timeout if per_reply else None,
         "socket_connect_timeout": timeout,
         "decode_responses": False,
         # A pooled connection that died with a Redis restart fails its next command: retry once on a fresh
@@ -153,5 +156,6 @@ def connect(url: str, password: str | None, *, cluster: bool, timeout: float) ->
             **_options(timeout),
         )
         return RedisClient(redis, True, password or parts.password, timeout)
-    redis = packing_in_c(aioredis.Redis.from_url(url, password=password, health_check_interval=10, **_options(timeout)))
+    options = _options(timeout, per_reply=False)
+    redis = packing_in_c(aioredis.Redis.from_url(url, password=password, health_check_interval=10, **options))
     return RedisClient(redis, False, password, timeout)

@@ -8,6 +8,7 @@ scripts. A tenant's session index is a sorted set paged by member, never read wh
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -73,14 +74,19 @@ class RedisStore:
         # session id -> its blob keys (as commits name them) -> when this replica last set their time to live
         self._refreshed: dict[str, dict[str, float]] = {}
         self._wait = wait_replicas
-        self._wait_ms = max(int(timeout * 500), 10)  # half the socket timeout: WAIT answers before the socket gives up
+        self._timeout = timeout
+        self._wait_ms = max(int(timeout * 500), 10)  # half the call's timeout: WAIT answers before the call gives up
         self._scripts = {text: self._redis.register_script(text) for text in (ACQUIRE, COMMIT, CREATE, RELEASE)}
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """One store call, all its round trips (and a retry on a fresh connection) within the timeout."""
         try:
-            return await fn()
+            async with asyncio.timeout(self._timeout):
+                return await fn()
         except StaleEpoch:
             raise
+        except TimeoutError as exc:  # before OSError, of which it is one
+            raise StoreUnavailable(f"Redis did not answer within {self._timeout:g} s") from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
         except RedisError as exc:
