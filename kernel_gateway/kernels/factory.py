@@ -48,8 +48,9 @@ class KernelFactory:
         self.checkpointer = checkpointer
         checkpointer.max_handover_bytes = int(settings.checkpoint_max_bytes)
         self.context = zmq.asyncio.Context()
-        # The service connects before a new kernel has bound its sockets; zmq then retries every 100 ms by
-        # default, which was most of a forked kernel's start. Unix sockets on this host: retrying is cheap.
+        # Only jupyter_client's own sockets use this context (the manager's control channel, for a shutdown
+        # request); the relay's are ``wire.Link``s, which retry their own connects. A socket connecting before
+        # its kernel has bound retries every 100 ms by default; Unix sockets on this host: retrying is cheap.
         self.context.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
         self.memory_limits: MemoryLimits = lambda tenant: int(settings.kernel_memory_limit)
         self._options = sandbox_options(settings)
