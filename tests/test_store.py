@@ -292,3 +292,34 @@ async def test_a_redis_that_stops_answering_fails_the_call_and_its_late_reply_is
             assert got is not None and got.id == a.id
         finally:
             await store.close()
+
+
+async def test_the_fenced_scripts_survive_a_script_flush_and_killed_connections(redis_srv: RedisServer) -> None:
+    """Commit and acquire load their script again after a NOSCRIPT (a Redis restarted without them), and go
+    on a fresh connection when the pooled one was closed under them, as redis-py's own script call does."""
+    store = RedisStore(redis_srv.url, session_ttl=600)
+    admin = redis_srv.client()
+    try:
+        s = sid("noscript")
+        rec = record(s)
+        await store.create(rec)
+        fence = await store.acquire(s, "A", "http://a", ttl=30)
+        assert fence is not None
+        await store.commit(s, fence, commit_of(rec, {"g1:h1": b"one"}, [], []), ttl=600)
+        admin.script_flush()
+        await store.commit(s, fence, commit_of(rec, {"g1:h2": b"two"}, [], ["g1:h1"]), ttl=600)
+        killed = admin.execute_command("CLIENT KILL TYPE normal SKIPME yes")
+        assert killed >= 1  # the store's pooled connection
+        await store.commit(s, fence, commit_of(rec, {"g1:h3": b"three"}, [], ["g1:h2"]), ttl=600)
+        loaded = await store.load_blobs(s, ["g1:h1", "g1:h2", "g1:h3"])
+        assert {k: b"".join(v) for k, v in loaded.items()} == {"g1:h3": b"three"}
+        admin.script_flush()
+        admin.execute_command("CLIENT KILL TYPE normal SKIPME yes")
+        await store.release(s, "A", fence)
+        again = await store.acquire(s, "B", "http://b", ttl=30)
+        assert again is not None and again.epoch == fence.epoch + 1
+        with pytest.raises(StaleEpoch):  # the old owner's fence no longer holds
+            await store.commit(s, fence, commit_of(rec, {"g1:h4": b"four"}, [], []), ttl=600)
+    finally:
+        admin.close()
+        await store.close()

@@ -96,7 +96,7 @@ class RedisStore:
         """Run a fenced script; with ``wait_replicas``, answer only once that many replicas have it (WAIT on
         the same connection, which is what WAIT counts)."""
         if self._wait == 0:
-            return await self._scripts[script](keys=keys, args=args)
+            return await self._client.evalsha(self._scripts[script], keys, args)
         result, acked = await self._client.eval_and_wait(_k(session_id, "meta"), script, keys, args,
                                                          self._wait, self._wait_ms)  # fmt: skip
         if acked < self._wait:
