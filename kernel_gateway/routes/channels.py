@@ -20,7 +20,9 @@ from ..metrics import Metrics
 from ..placement import Owner
 from ..relay import relay
 from ..responses import JSONResponse
+from ..sessions.acks import closes_cell
 from ..sessions.errors import SessionNotFound, StateError
+from ..sessions.replay import message_size
 from ..sessions.session import Session
 from ..types import Channel, KernelMessage
 from ..wsproto import (
@@ -54,12 +56,6 @@ class ConnectionState(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-def message_size(msg: KernelMessage) -> int:
-    """Bytes a message holds while it waits to be sent (a service-made one has no raw parts: a small guess)."""
-    parts = sum(map(len, msg.raw)) if msg.raw is not None else 512
-    return parts + sum(map(len, msg.buffers)) if msg.buffers else parts
 
 
 class ChannelConnection:
@@ -233,7 +229,7 @@ class ChannelConnection:
                 for msg, _ in itertools.islice(queue, seen, None):
                     if msg.channel is Channel.STDIN:
                         return
-                    idle = idle or (closes_cell(msg) and msg.parent_id == cell)
+                    idle = idle or (msg.channel is Channel.IOPUB and closes_cell(msg) and msg.parent_id == cell)
                 seen = len(queue)
                 if idle and routes.get(cell) is not self:
                     return
@@ -277,11 +273,6 @@ def opens_cell(msg: KernelMessage) -> bool:
         return False
     kind = msg.msg_type
     return kind == "execute_input" or (kind == "status" and msg.content.get("execution_state") == "busy")
-
-
-def closes_cell(msg: KernelMessage) -> bool:
-    """A kernel's ``status: idle``: the last iopub message of its request."""
-    return msg.channel is Channel.IOPUB and msg.msg_type == "status" and msg.content.get("execution_state") == "idle"
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def message_size(msg: KernelMessage) -> int:
-    """Bytes a message holds on the wire (its JSON parts as received, plus binary buffers)."""
-    parts = msg.raw if msg.raw is not None else [str(msg.content).encode()]
-    return sum(len(p) for p in parts) + sum(len(b) for b in msg.buffers)
+    """Bytes a message holds on the wire (its JSON parts as received, plus binary buffers; a service-made one
+    has no raw parts: its content's length)."""
+    parts = sum(map(len, msg.raw)) if msg.raw is not None else len(str(msg.content))
+    return parts + sum(map(len, msg.buffers)) if msg.buffers else parts
 
 
 class ReplayBuffer:
