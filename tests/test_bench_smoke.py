@@ -80,5 +80,9 @@ def test_smoke_run_fills_every_section_and_checks_every_target(tmp_path: Path) -
         expected = check["measured"] <= float(limit) if at_most == "<=" else check["measured"] >= float(limit)
         assert check["pass"] is expected, name
     assert targets["all_pass"] is None  # jupyter-kernel-gateway was skipped: not every target was measured
+    relative = targets["service_cpu_over_raw_kernel_cpu"]
+    raw_cpu = cpu["raw_jupyter_client_ipc"]["session_kernel"]
+    assert relative["raw_kernel_cpu_ms_per_execute"] == raw_cpu
+    assert relative["websocket"] == round(cpu["websocket_execute"]["service"] / raw_cpu, 3)
     tables = render([result])
     assert "service CPU per execute" in tables and "`replica_cold_start_p50_ms`" in tables
