@@ -5,6 +5,7 @@ together, once it is over."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -154,58 +155,64 @@ def _written(ws: _Socket, direct: bool) -> list[int]:
     return [len(frames) for frames in (ws.writes if direct else ws.sends)]
 
 
+@pytest.fixture
+def no_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)  # only what is queued ends a hold, in these tests
+
+
+@contextlib.asynccontextmanager
+async def _writing(ws: _Socket, owed: str | None = None) -> AsyncIterator[ChannelConnection]:
+    """A connection whose writer runs (``owed``: a request whose reply this connection waits for), closed and
+    its writer finished on the way out."""
+    conn = _connection(ws)
+    if owed is not None:
+        conn.session.frontends.expect_reply(owed, conn)
+    writer = asyncio.get_running_loop().create_task(conn._write())
+    yield conn
+    conn.close_soon(1000, "")
+    await asyncio.wait_for(writer, GUARD)
+
+
+@pytest.mark.usefixtures("no_expiry")
 @pytest.mark.parametrize("direct", [True, False])
-async def test_a_quick_cell_goes_out_in_one_write_once_its_idle_and_reply_are_queued(
-    direct: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)  # only the cell's end ends the wait, in this test
+async def test_a_quick_cell_goes_out_in_one_write_once_its_idle_and_reply_are_queued(direct: bool) -> None:
     ws = _Socket(direct)
-    conn = _connection(ws)
-    conn.session.frontends.expect_reply("cell", conn)  # this connection asked: the reply is owed to it
-    writer = asyncio.get_running_loop().create_task(conn._write())
-    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
-    conn.deliver(_iopub("execute_input", {"code": "1+1", "execution_count": 1}, 2))
-    conn.deliver(_iopub("execute_result", {"data": {"text/plain": "2"}, "execution_count": 1}, 3))
-    conn.deliver(_iopub("status", {"execution_state": "idle"}, 4, cell="other"))  # another request's idle
-    await _turns()
-    conn.deliver(_iopub("status", {"execution_state": "idle"}, 5))
-    await _turns()
-    assert ws.writes == ws.sends == []  # idle, but the reply is still owed
-    conn.session.frontends.dispatch(_reply(6))
-    await wait_for(lambda: ws.writes or ws.sends)
-    assert _written(ws, direct) == [6]
-    conn.close_soon(1000, "")
-    await asyncio.wait_for(writer, GUARD)
+    async with _writing(ws, owed="cell") as conn:  # this connection asked: the reply is owed to it
+        conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+        conn.deliver(_iopub("execute_input", {"code": "1+1", "execution_count": 1}, 2))
+        conn.deliver(_iopub("execute_result", {"data": {"text/plain": "2"}, "execution_count": 1}, 3))
+        conn.deliver(_iopub("status", {"execution_state": "idle"}, 4, cell="other"))  # another request's idle
+        await _turns()
+        conn.deliver(_iopub("status", {"execution_state": "idle"}, 5))
+        await _turns()
+        assert ws.writes == ws.sends == []  # idle, but the reply is still owed
+        conn.session.frontends.dispatch(_reply(6))
+        await wait_for(lambda: ws.writes or ws.sends)
+        assert _written(ws, direct) == [6]
 
 
-async def test_a_cell_of_another_frontend_goes_out_at_its_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)
+@pytest.mark.usefixtures("no_expiry")
+async def test_a_cell_of_another_frontend_goes_out_at_its_idle() -> None:
     ws = _Socket(direct=True)
-    conn = _connection(ws)
-    writer = asyncio.get_running_loop().create_task(conn._write())
-    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
-    conn.deliver(_iopub("stream", {"name": "stdout", "text": "hi"}, 2))
-    await _turns()
-    assert ws.writes == []
-    conn.deliver(_iopub("status", {"execution_state": "idle"}, 3))  # no reply comes here: this is the end
-    await wait_for(lambda: ws.writes)
-    assert _written(ws, True) == [3]
-    conn.close_soon(1000, "")
-    await asyncio.wait_for(writer, GUARD)
+    async with _writing(ws) as conn:
+        conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+        conn.deliver(_iopub("stream", {"name": "stdout", "text": "hi"}, 2))
+        await _turns()
+        assert ws.writes == []
+        conn.deliver(_iopub("status", {"execution_state": "idle"}, 3))  # no reply comes here: this is the end
+        await wait_for(lambda: ws.writes)
+        assert _written(ws, True) == [3]
 
 
-async def test_a_writes_worth_of_output_ends_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)
+@pytest.mark.usefixtures("no_expiry")
+async def test_a_writes_worth_of_output_ends_the_hold() -> None:
     ws = _Socket(direct=True)
-    conn = _connection(ws)
-    writer = asyncio.get_running_loop().create_task(conn._write())
-    conn.deliver(_iopub("status", {"execution_state": "busy"}, 0))
-    for n in range(1, channels.BATCH_MESSAGES):
-        conn.deliver(_iopub("stream", {"name": "stdout", "text": f"{n}\n"}, n))
-    await wait_for(lambda: ws.writes)  # a cell that prints a lot streams it, hold or not
-    assert _written(ws, True) == [channels.BATCH_MESSAGES]
-    conn.close_soon(1000, "")
-    await asyncio.wait_for(writer, GUARD)
+    async with _writing(ws) as conn:
+        conn.deliver(_iopub("status", {"execution_state": "busy"}, 0))
+        for n in range(1, channels.BATCH_MESSAGES):
+            conn.deliver(_iopub("stream", {"name": "stdout", "text": f"{n}\n"}, n))
+        await wait_for(lambda: ws.writes)  # a cell that prints a lot streams it, hold or not
+        assert _written(ws, True) == [channels.BATCH_MESSAGES]
 
 
 async def test_a_lone_busy_is_written_all_the_same() -> None:
@@ -220,19 +227,16 @@ async def test_a_lone_busy_is_written_all_the_same() -> None:
     assert [len(frames) for frames in ws.writes] == [1, 1]
 
 
-async def test_an_input_request_ends_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channels, "CELL_HOLD", 3600.0)
+@pytest.mark.usefixtures("no_expiry")
+async def test_an_input_request_ends_the_hold() -> None:
     ws = _Socket(direct=True)
-    conn = _connection(ws)
-    conn.session.frontends.expect_reply("cell", conn)
-    writer = asyncio.get_running_loop().create_task(conn._write())
-    conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
-    conn.deliver(_iopub("execute_input", {"code": "input()", "execution_count": 1}, 2))
-    await _turns()
-    assert ws.writes == []
-    header = {"msg_id": "m3", "msg_type": "input_request"}
-    conn.deliver(KernelMessage(Channel.STDIN, header, {"msg_id": "cell"}, {}, {"prompt": "", "password": False}))
-    await wait_for(lambda: ws.writes)  # the cell waits for its user: the prompt goes out now
-    assert _written(ws, True) == [3]
-    conn.close_soon(1000, "")
-    await asyncio.wait_for(writer, GUARD)
+    async with _writing(ws, owed="cell") as conn:
+        conn.deliver(_iopub("status", {"execution_state": "busy"}, 1))
+        conn.deliver(_iopub("execute_input", {"code": "input()", "execution_count": 1}, 2))
+        await _turns()
+        assert ws.writes == []
+        header = {"msg_id": "m3", "msg_type": "input_request"}
+        content = {"prompt": "", "password": False}
+        conn.deliver(KernelMessage(Channel.STDIN, header, {"msg_id": "cell"}, {}, content))
+        await wait_for(lambda: ws.writes)  # the cell waits for its user: the prompt goes out now
+        assert _written(ws, True) == [3]
