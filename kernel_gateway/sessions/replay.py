@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def message_size(msg: KernelMessage) -> int:
     """Bytes a message holds on the wire (its JSON parts as received, plus binary buffers; a service-made one
-    has no raw parts: its content's length)."""
-    parts = sum(map(len, msg.raw)) if msg.raw is not None else len(str(msg.content))
+    has no raw parts: its content's length in UTF-8)."""
+    parts = sum(map(len, msg.raw)) if msg.raw is not None else len(str(msg.content).encode())
     return parts + sum(map(len, msg.buffers)) if msg.buffers else parts
 
 
